@@ -1,0 +1,308 @@
+"""numpy kernels of biased ALS — no Spark here, so they are tested without a JVM.
+
+Model (DESIGN.md section 1): r̂_ij = μ + b_i + c_j + w_iᵀu_j. Objective
+
+    J = Σ_(i,j)∈Ω (r_ij − r̂_ij)² + Σ_i s_i (λ_f‖w_i‖² + λ_b b_i²) + Σ_j s_j (λ_f‖u_j‖² + λ_b c_j²)
+
+with s = 1 (``reg_scaling="none"``: plain L2, the MAP estimate of probabilistic MF) or
+s = the row's number of ratings (``"count"``: ALS-WR, Spark's scaling).
+
+A *half-step* fixes one side (the "fixed" entities j with factors u_j and biases c_j) and
+solves every entity i of the other side jointly for its factors and bias, with the augmented
+vectors ũ_j = [u_j, 1] and w̃_i = [w_i, b_i]:
+
+    (Σ_j∈Ω_i ũ_j ũ_jᵀ + s_i diag(λ_f,…,λ_f, λ_b)) w̃_i = Σ_j∈Ω_i (r_ij − μ − c_j) ũ_j
+
+For a whole block of rows at once:
+
+* the Gram matrices are one sparse × dense product: the rows' 0/1 pattern (CSR) times the
+  matrix P whose row j holds the upper triangle of ũ_j ũ_jᵀ ((k+1)(k+2)/2 columns);
+* the right-hand sides are the CSR of targets t_ij = r_ij − μ − c_j times Ũ;
+* one batched ``np.linalg.solve`` (float64) solves all systems.
+
+No Python loop runs over users, items or ratings. Each row's arithmetic depends only on
+its own ratings (kept in ascending column order), so a row gets bit-identical results
+whichever block it is in.
+
+The squared error of the solved rows comes free from the normal equations:
+Σ_j (t_ij − w̃_iᵀũ_j)² = Σ_j t_ij² − 2 w̃_iᵀ b_i + w̃_iᵀ G_i w̃_i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+# Rows per chunk inside a half-step: bounds the dense (rows × (k+1)²) float64 work arrays.
+CHUNK_ROWS = 32_768
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """λ_f (``reg``) on factors, λ_b (``reg_bias``) on biases, and how they scale per row."""
+
+    reg: float
+    reg_bias: float
+    scaling: str = "count"  # "none" | "count"
+
+    def __post_init__(self):
+        if self.scaling not in ("none", "count"):
+            raise ValueError(f"reg_scaling must be 'none' or 'count', got {self.scaling!r}")
+
+    def row_scale(self, counts: np.ndarray) -> np.ndarray:
+        return counts.astype(np.float64) if self.scaling == "count" else np.ones(len(counts))
+
+    def penalty(self, factors: np.ndarray, bias: np.ndarray, counts: np.ndarray) -> float:
+        """Σ_i s_i (λ_f‖w_i‖² + λ_b b_i²) over the given rows."""
+        f = factors.astype(np.float64)
+        b = bias.astype(np.float64)
+        per_row = self.reg * np.einsum("ij,ij->i", f, f) + self.reg_bias * b * b
+        return float(np.dot(self.row_scale(counts), per_row))
+
+
+@dataclass
+class RatingRows:
+    """CSR of ratings for a set of rows (the entities being solved).
+
+    ``rows[r]`` is the global index of row r; its ratings are
+    ``cols[indptr[r]:indptr[r+1]]`` (global indices of the fixed side, ascending) and
+    ``values[...]``. Rows may have no ratings (test-only entities).
+    """
+
+    rows: np.ndarray  # int32 (n,)
+    indptr: np.ndarray  # int64 (n+1,)
+    cols: np.ndarray  # int32 (nnz,)
+    values: np.ndarray  # float32 (nnz,)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
+    @property
+    def nnz(self) -> int:
+        return len(self.cols)
+
+    def counts(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def slice(self, start: int, stop: int) -> RatingRows:
+        a, b = self.indptr[start], self.indptr[stop]
+        return RatingRows(
+            self.rows[start:stop], self.indptr[start : stop + 1] - a, self.cols[a:b], self.values[a:b]
+        )
+
+    @staticmethod
+    def from_coo(
+        rows: np.ndarray, cols: np.ndarray, values: np.ndarray, entities: np.ndarray | None = None
+    ) -> RatingRows:
+        """Group (row, col, value) triples by row, columns ascending within a row.
+
+        ``entities`` (sorted, unique) lists the rows to include, also those without ratings;
+        by default the distinct values of ``rows``.
+        """
+        order = np.lexsort((cols, rows))
+        rows_s = np.asarray(rows)[order]
+        if entities is None:
+            entities = np.unique(rows_s)
+        elif len(rows_s) and not np.isin(np.unique(rows_s), entities).all():
+            raise ValueError("ratings for rows that are not among the entities")
+        starts = np.searchsorted(rows_s, entities, side="left")
+        indptr = np.append(starts, len(rows_s)).astype(np.int64)
+        return RatingRows(
+            np.asarray(entities, dtype=np.int32),
+            indptr,
+            np.asarray(cols)[order].astype(np.int32),
+            np.asarray(values)[order].astype(np.float32),
+        )
+
+
+@dataclass
+class HalfStepResult:
+    rows: np.ndarray  # int32 (n,) global indices
+    factors: np.ndarray  # (n, k)
+    bias: np.ndarray  # (n,)
+    counts: np.ndarray  # int64 (n,) ratings per row
+    sse: float  # Σ (r − r̂)² over the rows' ratings, with the new parameters
+    penalty: float  # regularisation of the solved rows
+
+
+def triangle_layout(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, col) of the packed upper triangle, and the packed position of every full cell."""
+    iu, ju = np.triu_indices(dim)
+    full = np.empty((dim, dim), dtype=np.int64)
+    full[iu, ju] = np.arange(len(iu))
+    full[ju, iu] = np.arange(len(iu))
+    return iu, ju, full.ravel()
+
+
+def augmented(factors: np.ndarray, dtype) -> np.ndarray:
+    """Ũ = [U, 1]."""
+    out = np.empty((factors.shape[0], factors.shape[1] + 1), dtype=dtype)
+    out[:, :-1] = factors
+    out[:, -1] = 1.0
+    return out
+
+
+def half_step(
+    block: RatingRows,
+    fixed_factors: np.ndarray,
+    fixed_bias: np.ndarray,
+    global_mean: float,
+    reg: Regularization,
+    dtype=np.float32,
+    chunk_rows: int = CHUNK_ROWS,
+) -> HalfStepResult:
+    """Solve every row of ``block`` with the other side fixed (see module docstring).
+
+    ``dtype`` is the precision of the sparse products (float32 is ~2x faster; the solve is
+    always float64) and of the returned factors.
+    """
+    k = fixed_factors.shape[1]
+    dim = k + 1
+    u_aug = augmented(fixed_factors, dtype)
+    iu, ju, full = triangle_layout(dim)
+    outer = u_aug[:, iu] * u_aug[:, ju]  # P: row j = upper triangle of ũ_j ũ_jᵀ
+    reg_diag = np.array([reg.reg] * k + [reg.reg_bias], dtype=np.float64)
+    n_fixed = fixed_factors.shape[0]
+    counts = block.counts()
+    factors = np.zeros((block.n_rows, k), dtype=dtype)
+    bias = np.zeros(block.n_rows, dtype=dtype)
+    sse = 0.0
+    for start in range(0, block.n_rows, chunk_rows):
+        stop = min(start + chunk_rows, block.n_rows)
+        part = block.slice(start, stop)
+        n = part.n_rows
+        shape = (n, n_fixed)
+        pattern = sp.csr_matrix((np.ones(part.nnz, dtype), part.cols, part.indptr), shape=shape)
+        target = part.values.astype(dtype) - dtype(global_mean) - fixed_bias[part.cols].astype(dtype)
+        targets = sp.csr_matrix((target, part.cols, part.indptr), shape=shape)
+        gram_packed = pattern @ outer  # (n, dim(dim+1)/2)
+        rhs = (targets @ u_aug).astype(np.float64)  # (n, dim)
+        gram = gram_packed[:, full].astype(np.float64).reshape(n, dim, dim)
+        cnt = counts[start:stop]
+        system = gram + (reg.row_scale(cnt)[:, None] * reg_diag)[:, :, None] * np.eye(dim)
+        empty = cnt == 0
+        system[empty] = np.eye(dim)  # no ratings: factor 0 and bias 0 (rhs is 0 too)
+        try:
+            solution = np.linalg.solve(system, rhs[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            raise np.linalg.LinAlgError(
+                "singular ALS normal equations: some rows have fewer ratings than rank + 1; "
+                "use a positive regularisation (als.reg, als.reg_bias)"
+            ) from None
+        t64 = target.astype(np.float64)
+        row_of = np.repeat(np.arange(n), cnt)
+        target_sq = np.bincount(row_of, weights=t64 * t64, minlength=n)
+        fit = np.einsum("ni,nij,nj->n", solution, gram, solution)
+        sse += float(np.sum(target_sq - 2.0 * np.einsum("ni,ni->n", solution, rhs) + fit))
+        factors[start:stop] = solution[:, :k]
+        bias[start:stop] = solution[:, k]
+    return HalfStepResult(
+        rows=block.rows,
+        factors=factors,
+        bias=bias,
+        counts=counts,
+        sse=max(sse, 0.0),
+        penalty=reg.penalty(factors, bias, counts),
+    )
+
+
+def reference_half_step(
+    block: RatingRows,
+    fixed_factors: np.ndarray,
+    fixed_bias: np.ndarray,
+    global_mean: float,
+    reg: Regularization,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The obvious per-row loop in float64: the test oracle for :func:`half_step`."""
+    k = fixed_factors.shape[1]
+    factors = np.zeros((block.n_rows, k))
+    bias = np.zeros(block.n_rows)
+    for r in range(block.n_rows):
+        a, b = block.indptr[r], block.indptr[r + 1]
+        if a == b:
+            continue
+        cols = block.cols[a:b]
+        x = np.hstack([fixed_factors[cols].astype(np.float64), np.ones((b - a, 1))])
+        t = block.values[a:b].astype(np.float64) - global_mean - fixed_bias[cols]
+        s = (b - a) if reg.scaling == "count" else 1.0
+        lam = np.diag([reg.reg * s] * k + [reg.reg_bias * s])
+        w = np.linalg.solve(x.T @ x + lam, x.T @ t)
+        factors[r], bias[r] = w[:k], w[k]
+    return factors, bias
+
+
+def predict(
+    global_mean: float,
+    row_factors: np.ndarray,
+    row_bias: np.ndarray,
+    col_factors: np.ndarray,
+    col_bias: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    clip: tuple[float, float] | None = None,
+    chunk: int = 1 << 20,
+) -> np.ndarray:
+    """r̂ = μ + b_row + c_col + w_rowᵀu_col for index pairs, optionally clipped (float64)."""
+    out = np.empty(len(rows), dtype=np.float64)
+    for a in range(0, len(rows), chunk):
+        r, c = rows[a : a + chunk], cols[a : a + chunk]
+        dot = np.einsum("ij,ij->i", row_factors[r], col_factors[c], dtype=np.float64)
+        out[a : a + chunk] = global_mean + row_bias[r] + col_bias[c] + dot
+    if clip is not None:
+        np.clip(out, clip[0], clip[1], out=out)
+    return out
+
+
+def squared_error(
+    global_mean: float,
+    row_factors: np.ndarray,
+    row_bias: np.ndarray,
+    col_factors: np.ndarray,
+    col_bias: np.ndarray,
+    block: RatingRows,
+    clip: tuple[float, float] | None = None,
+) -> tuple[float, float, int]:
+    """(Σ squared error, Σ absolute error, n) over ``block``'s ratings.
+
+    ``row_factors``/``row_bias`` are aligned with ``block``'s rows (position r = row r),
+    ``col_factors``/``col_bias`` are indexed by the global column index.
+    """
+    if block.nnz == 0:
+        return 0.0, 0.0, 0
+    rows = np.repeat(np.arange(block.n_rows), np.diff(block.indptr))
+    pred = predict(global_mean, row_factors, row_bias, col_factors, col_bias, rows, block.cols, clip)
+    err = block.values.astype(np.float64) - pred
+    return float(err @ err), float(np.abs(err).sum()), block.nnz
+
+
+def seeded_normal(seed: int, entity_idx: np.ndarray, dim: int, std: float) -> np.ndarray:
+    """Initial factors: N(0, std²) entries that depend only on (seed, entity, dimension).
+
+    A counter-based generator (splitmix64 of the cell's coordinates, then Box-Muller), so an
+    entity gets the same start whatever block or partition it lands in.
+    """
+    idx = np.asarray(entity_idx, dtype=np.uint64)[:, None]
+    dims = np.arange(dim, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        base = (idx * np.uint64(2 * dim) + dims * np.uint64(2)) ^ (
+            np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+        )
+        u1 = _to_unit(_splitmix64(base))
+        u2 = _to_unit(_splitmix64(base + np.uint64(1)))
+    radius = np.sqrt(-2.0 * np.log1p(-u1))  # u1 in [0, 1): log1p(-u1) is finite
+    return (std * radius * np.cos(2.0 * np.pi * u2)).astype(np.float32)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _to_unit(z: np.ndarray) -> np.ndarray:
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)

@@ -1,0 +1,253 @@
+"""The ALS driver loop, shared by the Spark trainer and the single-process numpy trainer.
+
+The loop only needs a *side solver*: something that, given the fixed side's factors and
+biases, solves every entity of the other side and reports the squared error, penalty and
+(on the item side) the masked test error. :class:`LocalSolver` does it in one process with
+numpy; :class:`mfspark.als.spark_als.SparkBlockSolver` does it on cached Spark blocks with a
+broadcast of the fixed side. Both call :func:`mfspark.als.kernels.half_step`.
+
+Each iteration is a user half-step then an item half-step. The objective J after a half-step
+is the new side's squared error and penalty plus the other side's penalty; it never
+increases (each half-step minimises J exactly over one side). Training stops after
+``max_iter`` iterations or when |ΔJ| / J < ``tol``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from mfspark.als.kernels import (
+    RatingRows,
+    Regularization,
+    half_step,
+    predict,
+    seeded_normal,
+    squared_error,
+)
+
+log = logging.getLogger(__name__)
+
+USER, ITEM = "user", "item"
+
+
+@dataclass(frozen=True)
+class ALSParams:
+    rank: int = 10
+    max_iter: int = 15
+    reg: Regularization = field(default_factory=lambda: Regularization(0.05, 0.05, "count"))
+    seed: int = 42
+    tol: float = 1e-4
+    init_std: float = 0.1
+    clip: tuple[float, float] | None = None
+    dtype: type = np.float32
+
+    @classmethod
+    def from_config(cls, als, data=None, **overrides) -> ALSParams:
+        """From the ``[als]`` section (and ``[data]`` for the rating scale used to clip)."""
+        clip = (data.rating_min, data.rating_max) if data is not None and als.clip_predictions else None
+        values = dict(
+            rank=als.rank,
+            max_iter=als.max_iter,
+            reg=Regularization(als.reg, als.reg_bias, als.reg_scaling),
+            seed=als.seed,
+            tol=als.tol,
+            init_std=als.init_std,
+            clip=clip,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class SideOutcome:
+    """What solving one side returns (entities the solver touched, in any order)."""
+
+    rows: np.ndarray
+    factors: np.ndarray
+    bias: np.ndarray
+    counts: np.ndarray
+    sse: float
+    penalty: float
+    test_sse: float = 0.0
+    test_abs: float = 0.0
+    test_n: int = 0
+
+
+class SideSolver(Protocol):
+    n_users: int
+    n_items: int
+    global_mean: float
+    n_train: int
+    n_test: int
+
+    def solve(self, side: str, fixed_factors: np.ndarray, fixed_bias: np.ndarray) -> SideOutcome:
+        """Solve every entity of ``side`` with the other side fixed."""
+
+
+@dataclass
+class BiasedMF:
+    """Fitted parameters, indexed by dense user/item index."""
+
+    global_mean: float
+    user_factors: np.ndarray
+    user_bias: np.ndarray
+    item_factors: np.ndarray
+    item_bias: np.ndarray
+
+    @property
+    def rank(self) -> int:
+        return self.user_factors.shape[1]
+
+    def predict(self, user_idx: np.ndarray, item_idx: np.ndarray, clip=None) -> np.ndarray:
+        return predict(
+            self.global_mean,
+            self.user_factors,
+            self.user_bias,
+            self.item_factors,
+            self.item_bias,
+            user_idx,
+            item_idx,
+            clip,
+        )
+
+
+@dataclass
+class IterationRecord:
+    iteration: int
+    train_rmse: float
+    test_rmse: float | None
+    objective: float
+    seconds: float
+
+
+@dataclass
+class ALSResult:
+    model: BiasedMF
+    history: list[IterationRecord]
+    half_step_objectives: list[float]
+    converged: bool
+
+    @property
+    def iterations(self) -> int:
+        return len(self.history)
+
+
+def run_als(solver: SideSolver, params: ALSParams, name: str = "als") -> ALSResult:
+    """Alternate user and item half-steps until ``max_iter`` or the objective settles."""
+    k = params.rank
+    users_f = np.zeros((solver.n_users, k), dtype=params.dtype)
+    users_b = np.zeros(solver.n_users, dtype=params.dtype)
+    items_f = seeded_normal(params.seed, np.arange(solver.n_items), k, params.init_std).astype(
+        params.dtype
+    )
+    items_b = np.zeros(solver.n_items, dtype=params.dtype)
+    item_penalty = float("nan")  # the initial items' penalty needs their counts: set below
+    history: list[IterationRecord] = []
+    half_objectives: list[float] = []
+    converged = False
+    previous = None
+    for it in range(1, params.max_iter + 1):
+        started = time.perf_counter()
+        u = solver.solve(USER, items_f, items_b)
+        users_f[u.rows], users_b[u.rows] = u.factors, u.bias
+        if math.isnan(item_penalty):
+            item_penalty = _initial_penalty(solver, params, items_f, items_b)
+        half_objectives.append(u.sse + u.penalty + item_penalty)
+        i = solver.solve(ITEM, users_f, users_b)
+        items_f[i.rows], items_b[i.rows] = i.factors, i.bias
+        item_penalty = i.penalty
+        objective = i.sse + u.penalty + i.penalty
+        half_objectives.append(objective)
+        record = IterationRecord(
+            iteration=it,
+            train_rmse=math.sqrt(i.sse / max(solver.n_train, 1)),
+            test_rmse=math.sqrt(i.test_sse / i.test_n) if i.test_n else None,
+            objective=objective,
+            seconds=time.perf_counter() - started,
+        )
+        history.append(record)
+        log.info(
+            "%s iteration %d: train RMSE %.5f, test RMSE %s, J %.6g, %.2f s",
+            name,
+            it,
+            record.train_rmse,
+            f"{record.test_rmse:.5f}" if record.test_rmse is not None else "n/a",
+            objective,
+            record.seconds,
+        )
+        if previous is not None and abs(previous - objective) <= params.tol * abs(previous):
+            converged = True
+            log.info("%s converged: relative change of J below als.tol=%g", name, params.tol)
+            break
+        previous = objective
+    model = BiasedMF(solver.global_mean, users_f, users_b, items_f, items_b)
+    return ALSResult(model, history, half_objectives, converged)
+
+
+def _initial_penalty(solver, params: ALSParams, items_f, items_b) -> float:
+    counts = getattr(solver, "item_counts", None)
+    if counts is None:
+        return 0.0
+    return params.reg.penalty(items_f, items_b, counts)
+
+
+class LocalSolver:
+    """Both sides in one process: the numpy trainer (and the tests' oracle set-up).
+
+    ``train`` and ``test`` are (user_idx, item_idx, rating) arrays; test ratings are scored
+    after every item half-step (the masked test RMSE of the history).
+    """
+
+    def __init__(self, train, n_users: int, n_items: int, params: ALSParams, test=None):
+        u, i, r = (np.asarray(a) for a in train)
+        self.n_users, self.n_items, self.params = n_users, n_items, params
+        self.n_train = len(r)
+        self.global_mean = float(np.mean(r, dtype=np.float64)) if len(r) else 0.0
+        users, items = np.arange(n_users), np.arange(n_items)
+        self.by_user = RatingRows.from_coo(u, i, r, entities=users)
+        self.by_item = RatingRows.from_coo(i, u, r, entities=items)
+        self.item_counts = self.by_item.counts()
+        if test is not None:
+            tu, ti, tr = (np.asarray(a) for a in test)
+            self.test_by_item = RatingRows.from_coo(ti, tu, tr, entities=items)
+            self.n_test = len(tr)
+        else:
+            self.test_by_item, self.n_test = None, 0
+
+    def solve(self, side: str, fixed_factors: np.ndarray, fixed_bias: np.ndarray) -> SideOutcome:
+        block = self.by_user if side == USER else self.by_item
+        res = half_step(
+            block, fixed_factors, fixed_bias, self.global_mean, self.params.reg, self.params.dtype
+        )
+        out = SideOutcome(res.rows, res.factors, res.bias, res.counts, res.sse, res.penalty)
+        if side == ITEM and self.test_by_item is not None:
+            out.test_sse, out.test_abs, out.test_n = squared_error(
+                self.global_mean,
+                res.factors,
+                res.bias,
+                fixed_factors,
+                fixed_bias,
+                self.test_by_item,
+                self.params.clip,
+            )
+        return out
+
+
+def objective(model: BiasedMF, train, reg: Regularization) -> float:
+    """J computed from scratch (float64): the independent check of the loop's bookkeeping."""
+    u, i, r = (np.asarray(a) for a in train)
+    pred = model.predict(u, i)
+    sse = float(np.sum((r.astype(np.float64) - pred) ** 2))
+    user_counts = np.bincount(u, minlength=len(model.user_bias))
+    item_counts = np.bincount(i, minlength=len(model.item_bias))
+    return (
+        sse
+        + reg.penalty(model.user_factors, model.user_bias, user_counts)
+        + reg.penalty(model.item_factors, model.item_bias, item_counts)
+    )

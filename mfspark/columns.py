@@ -1,0 +1,126 @@
+"""Column names and output schemas, defined once (DESIGN.md section 3).
+
+Every module refers to these constants instead of spelling column names, and the tests
+assert the written datasets against the schemas below.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+USER_IDX = "user_idx"
+ITEM_IDX = "item_idx"
+RATING = "rating"
+TIMESTAMP = "timestamp"
+PREDICTION = "prediction"
+COLD_USER = "cold_user"
+COLD_ITEM = "cold_item"
+N_TRAIN = "n_train"
+REASON = "reason"
+LINE = "line"
+BIAS = "bias"
+FACTORS = "factors"
+
+# Rejection reasons, in the order checks are applied (a row gets the first that matches).
+REASON_WRONG_FIELD_COUNT = "wrong_field_count"
+REASON_BAD_NUMBER = "unparseable_number"
+REASON_NULL_USER = "null_user_id"
+REASON_NULL_ITEM = "null_item_id"
+REASON_NULL_RATING = "null_rating"
+REASON_NAN_RATING = "nan_rating"
+REASON_OUT_OF_RANGE = "rating_out_of_range"
+REASON_DUPLICATE = "duplicate"
+REASON_TEST_PAIR_IN_TRAIN = "test_pair_in_train"
+REJECTION_REASONS = (
+    REASON_WRONG_FIELD_COUNT,
+    REASON_BAD_NUMBER,
+    REASON_NULL_USER,
+    REASON_NULL_ITEM,
+    REASON_NULL_RATING,
+    REASON_NAN_RATING,
+    REASON_OUT_OF_RANGE,
+    REASON_DUPLICATE,
+    REASON_TEST_PAIR_IN_TRAIN,
+)
+
+# Output dataset paths, relative to output.path.
+PREPARED_TRAIN = "prepared/train"
+PREPARED_TEST = "prepared/test"
+PREPARED_USERS = "prepared/users"
+PREPARED_ITEMS = "prepared/items"
+PREPARED_REJECTED = "prepared/rejected"
+SYNTHETIC_TRUTH = "synthetic_truth"
+MODEL_USER_FACTORS = "model/user_factors"
+MODEL_ITEM_FACTORS = "model/item_factors"
+MODEL_METADATA = "model/metadata"
+METRICS_HISTORY = "metrics/history"
+METRICS_SUMMARY = "metrics/summary"
+PREDICTIONS = "predictions"
+AE_BY_ITEM = "ae_inputs/by_item"
+AE_BY_USER = "ae_inputs/by_user"
+AE_METADATA = "ae_inputs/metadata"
+BENCHMARK = "benchmark"
+MANIFEST = "manifest.json"
+
+
+def ratings_schema(id_type: T.DataType) -> T.StructType:
+    """Schema of `prepared/train` (and, with the cold flags, `prepared/test`)."""
+    return T.StructType(
+        [
+            T.StructField(USER_ID, id_type, False),
+            T.StructField(ITEM_ID, id_type, False),
+            T.StructField(USER_IDX, T.IntegerType(), False),
+            T.StructField(ITEM_IDX, T.IntegerType(), False),
+            T.StructField(RATING, T.DoubleType(), False),
+            T.StructField(TIMESTAMP, T.LongType(), True),
+        ]
+    )
+
+
+def test_schema(id_type: T.DataType) -> T.StructType:
+    return T.StructType(
+        ratings_schema(id_type).fields
+        + [
+            T.StructField(COLD_USER, T.BooleanType(), False),
+            T.StructField(COLD_ITEM, T.BooleanType(), False),
+        ]
+    )
+
+
+REJECTED_SCHEMA = T.StructType(
+    [
+        T.StructField(USER_ID, T.StringType(), True),
+        T.StructField(ITEM_ID, T.StringType(), True),
+        T.StructField(RATING, T.StringType(), True),
+        T.StructField(TIMESTAMP, T.StringType(), True),
+        T.StructField(LINE, T.StringType(), True),
+        T.StructField("source", T.StringType(), True),
+        T.StructField(REASON, T.StringType(), False),
+    ]
+)
+
+FACTOR_SCHEMA_FIELDS = (BIAS, FACTORS)
+
+HISTORY_SCHEMA = T.StructType(
+    [
+        T.StructField("model", T.StringType(), False),
+        T.StructField("iteration", T.IntegerType(), False),
+        T.StructField("train_rmse", T.DoubleType(), True),
+        T.StructField("test_rmse", T.DoubleType(), True),
+        T.StructField("objective", T.DoubleType(), True),
+        T.StructField("seconds", T.DoubleType(), False),
+    ]
+)
+
+SUMMARY_SCHEMA = T.StructType(
+    [
+        T.StructField("model", T.StringType(), False),
+        T.StructField("segment", T.StringType(), False),
+        T.StructField("n", T.LongType(), False),
+        T.StructField("rmse", T.DoubleType(), True),
+        T.StructField("mae", T.DoubleType(), True),
+        T.StructField("n_nonfinite", T.LongType(), False),
+    ]
+)

@@ -1,0 +1,469 @@
+"""One typed, frozen, validated configuration for every job.
+
+Configs are TOML files (``conf/local.toml`` is the embedded default) plus repeatable
+``--set section.key=value`` overrides. Values of overrides are parsed as TOML literals
+(``3``, ``0.1``, ``true``, ``["by_item"]``); anything that is not a TOML literal is taken as
+a bare string (``--set data.path=../u.data``). Keys under ``spark.conf`` are Spark property
+names: ``--set spark.conf.spark.sql.shuffle.partitions=8``.
+
+An unknown key or a bad value raises :class:`~mfspark.errors.ConfigError` naming the key and
+what it allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from mfspark.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "local.toml"
+
+DATA_FORMATS = (
+    "auto",
+    "movielens-100k",
+    "movielens-dat",
+    "movielens-csv",
+    "csv",
+    "parquet",
+    "synthetic",
+)
+SPLIT_METHODS = ("random", "user", "time", "predefined")
+REG_SCALINGS = ("none", "count")
+ID_TYPES = ("auto", "long", "string")
+AE_ORIENTATIONS = ("by_item", "by_user")
+
+
+def _doc(text: str, **kw: Any) -> dict[str, Any]:
+    return {"doc": text, **kw}
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = field(
+        default="local[*]",
+        metadata=_doc(
+            "Spark master for `python jobs/...` runs. Ignored under `spark-submit`, "
+            "where the cluster's master and resources always win."
+        ),
+    )
+    app_name: str = field(default="mfspark", metadata=_doc("Spark application name."))
+    conf: dict = field(
+        default_factory=dict,
+        metadata=_doc(
+            'Spark properties, e.g. `spark.conf."spark.driver.memory" = "4g"`. Under '
+            "`spark-submit` a property already set by the submit command is kept."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    format: str = field(
+        default="auto",
+        metadata=_doc(
+            "Input format: `auto` (synthetic when `path` is empty, else guessed from the "
+            "file name), `movielens-100k`, `movielens-dat`, `movielens-csv`, `csv`, "
+            "`parquet`, `synthetic`.",
+            choices=DATA_FORMATS,
+        ),
+    )
+    path: str = field(
+        default="",
+        metadata=_doc("Ratings file or directory (for `predefined` splits: the train file)."),
+    )
+    test_path: str = field(default="", metadata=_doc('Test file for `split.method = "predefined"`.'))
+    rating_min: float = field(default=0.5, metadata=_doc("Lowest valid rating."))
+    rating_max: float = field(default=5.0, metadata=_doc("Highest valid rating."))
+    max_rejected_fraction: float = field(
+        default=0.01,
+        metadata=_doc("Fail when more than this fraction of input rows is rejected.", min=0.0, max=1.0),
+    )
+    delimiter: str = field(default=",", metadata=_doc("Field delimiter (`csv` only)."))
+    header: bool = field(
+        default=True, metadata=_doc("Whether each `csv` file starts with a header line.")
+    )
+    columns: list = field(
+        default_factory=lambda: ["user_id", "item_id", "rating", "timestamp"],
+        metadata=_doc("Field names in file order for a `csv` without header."),
+    )
+    user_col: str = field(default="user_id", metadata=_doc("User id column (`csv`, `parquet`)."))
+    item_col: str = field(default="item_id", metadata=_doc("Item id column (`csv`, `parquet`)."))
+    rating_col: str = field(default="rating", metadata=_doc("Rating column (`csv`, `parquet`)."))
+    timestamp_col: str = field(
+        default="timestamp",
+        metadata=_doc("Timestamp column (`csv`, `parquet`); empty when there is none."),
+    )
+    id_type: str = field(
+        default="auto",
+        metadata=_doc(
+            "Type of original ids for `csv`: `long`, `string`, or `auto` (long when every id "
+            "is an integer). MovieLens formats have integer ids; parquet keeps its own.",
+            choices=ID_TYPES,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n_users: int = field(default=10_000, metadata=_doc("Number of users.", min=1))
+    n_items: int = field(default=3_000, metadata=_doc("Number of items.", min=1))
+    n_ratings: int = field(default=1_000_000, metadata=_doc("Exact number of ratings.", min=1))
+    rank: int = field(default=10, metadata=_doc("Rank of the planted factors.", min=0))
+    noise: float = field(default=0.8, metadata=_doc("Noise standard deviation.", min=0.0))
+    seed: int = field(default=42, metadata=_doc("Seed: same seed, same data."))
+    global_mean: float = field(default=3.55, metadata=_doc("Planted global mean."))
+    user_bias_sd: float = field(default=0.45, metadata=_doc("Sd of user biases.", min=0.0))
+    item_bias_sd: float = field(default=0.55, metadata=_doc("Sd of item biases.", min=0.0))
+    factor_sd: float = field(
+        default=0.45,
+        metadata=_doc("Sd of the planted interaction term wᵀu (before rounding).", min=0.0),
+    )
+    min_user_ratings: int = field(
+        default=20, metadata=_doc("Fewest ratings per user (MovieLens: 20).", min=1)
+    )
+    activity_exponent: float = field(
+        default=1.4,
+        metadata=_doc("Pareto tail index of user activity (smaller: heavier tail).", min=0.1),
+    )
+    popularity_exponent: float = field(
+        default=1.0, metadata=_doc("Zipf exponent of item popularity.", min=0.0)
+    )
+    rating_step: float = field(
+        default=0.5,
+        metadata=_doc(
+            "Ratings are rounded to this grid, counted from data.rating_min (MovieLens "
+            "10M/20M: 0.5, 100k/1M: 1); 0 keeps them continuous.",
+            min=0.0,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    method: str = field(
+        default="random",
+        metadata=_doc("`random`, `user`, `time` or `predefined`.", choices=SPLIT_METHODS),
+    )
+    test_fraction: float = field(
+        default=0.1, metadata=_doc("Fraction of ratings held out.", min=0.0, max=1.0)
+    )
+    seed: int = field(default=42, metadata=_doc("Seed of the hash that assigns ratings."))
+
+
+@dataclass(frozen=True)
+class ALSConfig:
+    rank: int = field(default=10, metadata=_doc("Number of latent factors k.", min=1))
+    max_iter: int = field(default=15, metadata=_doc("Maximum ALS iterations.", min=1))
+    reg: float = field(default=15.0, metadata=_doc("λ_f, penalty on factors.", min=0.0))
+    reg_bias: float = field(default=3.0, metadata=_doc("λ_b, penalty on biases.", min=0.0))
+    reg_scaling: str = field(
+        default="none",
+        metadata=_doc(
+            "`none`: plain L2 (MAP of probabilistic MF); `count`: λ times the row's rating "
+            "count (ALS-WR, as Spark's ALS).",
+            choices=REG_SCALINGS,
+        ),
+    )
+    num_user_blocks: int = field(
+        default=0, metadata=_doc("User blocks; 0 = Spark's default parallelism.", min=0)
+    )
+    num_item_blocks: int = field(
+        default=0, metadata=_doc("Item blocks; 0 = Spark's default parallelism.", min=0)
+    )
+    seed: int = field(default=42, metadata=_doc("Seed of the initial factors (per entity)."))
+    tol: float = field(
+        default=1e-4,
+        metadata=_doc("Stop when the relative change of the objective J is below this.", min=0.0),
+    )
+    init_std: float = field(default=0.1, metadata=_doc("Sd of the initial item factors.", min=0.0))
+    clip_predictions: bool = field(
+        default=True, metadata=_doc("Clip predictions to [data.rating_min, data.rating_max].")
+    )
+    max_broadcast_mb: float = field(
+        default=2048.0,
+        metadata=_doc("Largest factor broadcast allowed before training starts (MB).", min=0.0),
+    )
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    orientations: list = field(
+        default_factory=lambda: ["by_item", "by_user"],
+        metadata=_doc("Which inputs to build: `by_item`, `by_user` or both.", choices=AE_ORIENTATIONS),
+    )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    predictions_path: str = field(
+        default="",
+        metadata=_doc(
+            "Long predictions to score (user_idx or user_id, item, prediction); "
+            "default `<output.path>/predictions`."
+        ),
+    )
+    reconstruction_path: str = field(
+        default="",
+        metadata=_doc(
+            "Row-vector reconstructions to score instead (row idx, array<float> over the "
+            "other side), e.g. an autoencoder's output."
+        ),
+    )
+    reconstruction_orientation: str = field(
+        default="by_item",
+        metadata=_doc(
+            "Rows of the reconstruction are items (`by_item`) or users (`by_user`).",
+            choices=AE_ORIENTATIONS,
+        ),
+    )
+    model_name: str = field(default="", metadata=_doc("Name in `metrics/summary.model`."))
+    activity_buckets: list = field(
+        default_factory=lambda: [1, 20, 50, 200, 1000],
+        metadata=_doc("Lower edges of the user-activity segments (train ratings per user)."),
+    )
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    systems: list = field(
+        default_factory=lambda: ["mllib", "mfspark", "numpy"],
+        metadata=_doc("Systems to run.", choices=("mllib", "mfspark", "numpy")),
+    )
+    reg_grid: list = field(
+        default_factory=list,
+        metadata=_doc("Regularisation grid searched on a validation split; empty = built-in."),
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata=_doc("Share of train held out for choosing reg.", min=0.0, max=0.5)
+    )
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    path: str = field(default="output", metadata=_doc("Directory (or URI) for all outputs."))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = field(
+        default="INFO",
+        metadata=_doc("Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    als: ALSConfig = field(default_factory=ALSConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, section: str, **changes: Any) -> Config:
+        """A copy with some keys of one section changed (validated like a file)."""
+        raw = self.to_dict()
+        raw[section] = {**raw[section], **changes}
+        return from_dict(raw)
+
+    @property
+    def resolved_format(self) -> str:
+        """`data.format`, with `auto` resolved from `data.path`."""
+        from mfspark.readers import detect_format
+
+        return detect_format(self.data)
+
+
+_SECTION_TYPES = {
+    "spark": SparkConfig,
+    "data": DataConfig,
+    "synthetic": SyntheticConfig,
+    "split": SplitConfig,
+    "als": ALSConfig,
+    "autoencoder": AutoencoderConfig,
+    "evaluate": EvaluateConfig,
+    "benchmark": BenchmarkConfig,
+    "output": OutputConfig,
+    "log": LogConfig,
+}
+
+
+_FIELD_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+
+
+def _type_name(tp: Any) -> str:
+    return {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }.get(tp, str(tp))
+
+
+def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
+    key = f"{section}.{f.name}"
+    # `from __future__ import annotations` keeps field types as their names.
+    tp = _FIELD_TYPES[f.type]
+    ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(
+            f"config key {key} must be {_type_name(tp)}, got {value!r}; "
+            f"fix it in the config file or with --set {key}=..."
+        )
+    meta = f.metadata
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"config key {key} must be a finite number, got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"config key {key} must be >= {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"config key {key} must be <= {meta['max']}, got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None:
+        values = value if tp is list else [value]
+        bad = [v for v in values if v not in choices]
+        if bad:
+            raise ConfigError(
+                f"config key {key} does not allow {bad[0]!r}; allowed: {', '.join(choices)}"
+            )
+    if tp is dict:
+        value = {str(k): _spark_value(f"{key}.{k}", v) for k, v in value.items()}
+    if tp is list:
+        value = list(value)
+    return value
+
+
+def _spark_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise ConfigError(f"config key {key} must be a string, number or boolean, got {value!r}")
+
+
+def _build_section(name: str, raw: Any) -> Any:
+    cls = _SECTION_TYPES[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section [{name}] must be a table, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {name}.{unknown[0]}; keys in [{name}] are: " + ", ".join(fields)
+        )
+    return cls(**{k: _coerce(name, fields[k], v) for k, v in raw.items()})
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from nested dicts (missing keys take defaults)."""
+    unknown = sorted(set(raw) - set(_SECTION_TYPES))
+    if unknown:
+        raise ConfigError(
+            f"unknown config section [{unknown[0]}]; sections are: " + ", ".join(_SECTION_TYPES)
+        )
+    cfg = Config(**{name: _build_section(name, sec) for name, sec in raw.items()})
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: Config) -> None:
+    d = cfg.data
+    if not d.rating_min < d.rating_max:
+        raise ConfigError(
+            f"data.rating_min ({d.rating_min}) must be below data.rating_max ({d.rating_max})"
+        )
+    if cfg.split.method == "predefined" and not d.test_path:
+        raise ConfigError(
+            'split.method = "predefined" needs data.test_path (the test file); '
+            "set it with --set data.test_path=PATH"
+        )
+    if d.test_path and cfg.split.method != "predefined":
+        raise ConfigError(
+            'data.test_path is only used by split.method = "predefined"; '
+            "set --set split.method=predefined or remove data.test_path"
+        )
+    if len(d.delimiter) != 1:
+        raise ConfigError(f"data.delimiter must be one character, got {d.delimiter!r}")
+    if not cfg.output.path:
+        raise ConfigError("output.path must not be empty")
+    if cfg.split.method in ("random", "user", "time") and not 0 < cfg.split.test_fraction < 1:
+        raise ConfigError(
+            f"split.test_fraction must be strictly between 0 and 1 for split.method = "
+            f"{cfg.split.method!r}, got {cfg.split.test_fraction}"
+        )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value`` into its key path and value (a TOML literal or a string)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} must look like section.key=value")
+    key, value_text = text.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts[:2]):
+        raise ConfigError(f"--set {text!r} must look like section.key=value")
+    if parts[0] == "spark" and parts[1] == "conf":
+        if len(parts) < 3:
+            raise ConfigError(
+                "--set spark.conf.<property>=value needs a property, "
+                "e.g. spark.conf.spark.sql.shuffle.partitions=8"
+            )
+        path = ["spark", "conf", ".".join(parts[2:])]
+    elif len(parts) != 2:
+        raise ConfigError(f"--set {text!r}: keys have two parts, section.key")
+    else:
+        path = parts
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text
+    return path, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Read a TOML config (default ``conf/local.toml``), apply ``--set`` overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; pass an existing file with --config")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {k} is not a table")
+        node[keys[-1]] = value
+    return from_dict(raw)
+
+
+def reference() -> list[tuple[str, Any, str]]:
+    """(key, default, doc) for every config key, in section order: the README's reference."""
+    rows = []
+    for name, cls in _SECTION_TYPES.items():
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            rows.append((f"{name}.{f.name}", default, f.metadata.get("doc", "")))
+    return rows

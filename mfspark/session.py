@@ -1,0 +1,129 @@
+"""The one Spark session builder every job uses.
+
+* ``python jobs/NAME.py`` (local mode): checks that Java 17+ is there, makes the Python
+  workers run the driver's own interpreter, sets the master from ``spark.master`` and
+  applies ``spark.conf.*``.
+* ``spark-submit jobs/NAME.py``: the master and every property the submit command set are
+  left alone, and resource properties from the config file are never applied: the cluster
+  decides resources.
+
+In both cases numeric libraries in the Python workers run single-threaded (Spark owns the
+cores) and Arrow is enabled for pandas conversions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from mfspark.config import Config
+from mfspark.errors import MfsparkError
+
+log = logging.getLogger(__name__)
+
+MIN_JAVA = 17
+SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# Properties that size the application: under spark-submit the cluster's values always win.
+RESOURCE_PREFIXES = (
+    "spark.master",
+    "spark.submit.",
+    "spark.driver.memory",
+    "spark.driver.cores",
+    "spark.executor.memory",
+    "spark.executor.cores",
+    "spark.executor.instances",
+    "spark.cores.max",
+    "spark.dynamicAllocation.",
+    "spark.memory.offHeap.",
+)
+DEFAULT_CONF = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.python.worker.reuse": "true",
+}
+
+
+def under_spark_submit() -> bool:
+    """True when this Python process was started by ``spark-submit``.
+
+    spark-submit's PythonRunner starts the JVM first and hands the driver the gateway port.
+    """
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def java_major_version(java: str) -> int | None:
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60).stderr
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not m:
+        return None
+    major = int(m.group(1))
+    return int(m.group(2)) if major == 1 and m.group(2) else major
+
+
+def ensure_java() -> None:
+    """Fail in one line when no Java 17+ can be found (PySpark's own error is a page long)."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        where = f"JAVA_HOME={java_home} has no bin/java" if java_home else "no `java` on PATH"
+        raise MfsparkError(
+            f"Java {MIN_JAVA}+ is required by Spark but was not found ({where}); install a "
+            f"JDK/JRE {MIN_JAVA}+ (e.g. `apt install openjdk-17-jre-headless`) or set JAVA_HOME"
+        )
+    major = java_major_version(java)
+    if major is not None and major < MIN_JAVA:
+        raise MfsparkError(
+            f"Java {major} found at {java}, but Spark 4 needs Java {MIN_JAVA}+; install a newer "
+            "JDK/JRE or point JAVA_HOME at one"
+        )
+
+
+def build_session(cfg: Config, app_suffix: str = ""):
+    """Create (or return the running) SparkSession configured from ``cfg``."""
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    submitted = under_spark_submit()
+    name = cfg.spark.app_name + (f"-{app_suffix}" if app_suffix else "")
+    builder = SparkSession.builder.appName(name)
+    already = SparkConf() if submitted else None  # what spark-submit set
+    if not submitted:
+        ensure_java()
+        # Workers must import the same numpy/pandas/pyarrow as the driver.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+        builder = builder.master(cfg.spark.master)
+    conf = {**DEFAULT_CONF, **cfg.spark.conf}
+    for var in SINGLE_THREAD_ENV:
+        conf.setdefault(f"spark.executorEnv.{var}", "1")
+    for key, value in conf.items():
+        if submitted and (already.contains(key) or key.startswith(RESOURCE_PREFIXES)):
+            log.debug("keeping %s as spark-submit set it", key)
+            continue
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    log.info(
+        "Spark %s, master %s, default parallelism %d%s",
+        spark.version,
+        spark.sparkContext.master,
+        spark.sparkContext.defaultParallelism,
+        " (spark-submit)" if submitted else "",
+    )
+    return spark
+
+
+def worker_single_thread() -> None:
+    """Called at the top of worker-side functions: keep BLAS to one thread per task.
+
+    The environment variables set through ``spark.executorEnv`` cover workers started by
+    Spark; this also covers a worker whose numpy was imported before they applied.
+    """
+    for var in SINGLE_THREAD_ENV:
+        os.environ.setdefault(var, "1")

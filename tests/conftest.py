@@ -1,0 +1,55 @@
+"""One Spark session for the whole test run (local[2], few shuffle partitions, UI off)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from mfspark.config import load_config
+    from mfspark.session import build_session
+
+    cfg = load_config(
+        None,
+        [
+            "spark.master=local[2]",
+            "spark.conf.spark.sql.shuffle.partitions=4",
+            "spark.conf.spark.default.parallelism=4",
+            "spark.conf.spark.ui.enabled=false",
+            "spark.conf.spark.driver.memory=3g",
+        ],
+    )
+    session = build_session(cfg, "tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def run_job():
+    """Run ``jobs/NAME.py`` in a subprocess, as a user would; returns CompletedProcess."""
+    import subprocess
+
+    def _run(name, *args, timeout=600, env=None):
+        cmd = [sys.executable, os.path.join(ROOT, "jobs", f"{name}.py"), *args]
+        return subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+
+    return _run
