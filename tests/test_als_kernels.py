@@ -31,13 +31,13 @@ def planted(rng, n_users, n_items, nnz, rank, noise, mu=3.5):
     return u, i, clean + rng.normal(0, noise, nnz), clean
 
 
-@pytest.mark.parametrize("scaling", ["none", "count"])
-def test_block_solver_equals_per_row_solve(scaling):
+@pytest.mark.parametrize("scaling,width", [("none", 16), ("count", 16), ("none", None)])
+def test_block_solver_equals_per_row_solve(scaling, width):
     rng = np.random.default_rng(0)
     n_rows, n_cols, k = 300, 80, 6
     rows, cols, vals = random_ratings(rng, n_rows, n_cols, 4000)
     # include rows without ratings: they must come out as zeros
-    block = RatingRows.from_coo(rows, cols, vals, entities=np.arange(n_rows + 5))
+    block = RatingRows.from_coo(rows, cols, vals, entities=np.arange(n_rows + 5), width=width)
     fixed = rng.normal(0, 0.5, (n_cols, k))
     fixed_bias = rng.normal(0, 0.3, n_cols)
     reg = Regularization(0.07, 0.03, scaling)

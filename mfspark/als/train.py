@@ -29,6 +29,7 @@ from mfspark.als.kernels import (
     predict,
     seeded_normal,
     squared_error,
+    tile_width,
 )
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class BiasedMF:
     user_bias: np.ndarray
     item_factors: np.ndarray
     item_bias: np.ndarray
+    user_counts: np.ndarray | None = None  # train ratings per user (0: never trained)
+    item_counts: np.ndarray | None = None
 
     @property
     def rank(self) -> int:
@@ -147,6 +150,8 @@ def run_als(solver: SideSolver, params: ALSParams, name: str = "als") -> ALSResu
         params.dtype
     )
     items_b = np.zeros(solver.n_items, dtype=params.dtype)
+    users_n = np.zeros(solver.n_users, dtype=np.int64)
+    items_n = np.zeros(solver.n_items, dtype=np.int64)
     item_penalty = float("nan")  # the initial items' penalty needs their counts: set below
     history: list[IterationRecord] = []
     half_objectives: list[float] = []
@@ -155,12 +160,12 @@ def run_als(solver: SideSolver, params: ALSParams, name: str = "als") -> ALSResu
     for it in range(1, params.max_iter + 1):
         started = time.perf_counter()
         u = solver.solve(USER, items_f, items_b)
-        users_f[u.rows], users_b[u.rows] = u.factors, u.bias
+        users_f[u.rows], users_b[u.rows], users_n[u.rows] = u.factors, u.bias, u.counts
         if math.isnan(item_penalty):
             item_penalty = _initial_penalty(solver, params, items_f, items_b)
         half_objectives.append(u.sse + u.penalty + item_penalty)
         i = solver.solve(ITEM, users_f, users_b)
-        items_f[i.rows], items_b[i.rows] = i.factors, i.bias
+        items_f[i.rows], items_b[i.rows], items_n[i.rows] = i.factors, i.bias, i.counts
         item_penalty = i.penalty
         objective = i.sse + u.penalty + i.penalty
         half_objectives.append(objective)
@@ -186,7 +191,7 @@ def run_als(solver: SideSolver, params: ALSParams, name: str = "als") -> ALSResu
             log.info("%s converged: relative change of J below als.tol=%g", name, params.tol)
             break
         previous = objective
-    model = BiasedMF(solver.global_mean, users_f, users_b, items_f, items_b)
+    model = BiasedMF(solver.global_mean, users_f, users_b, items_f, items_b, users_n, items_n)
     return ALSResult(model, history, half_objectives, converged)
 
 
@@ -210,8 +215,9 @@ class LocalSolver:
         self.n_train = len(r)
         self.global_mean = float(np.mean(r, dtype=np.float64)) if len(r) else 0.0
         users, items = np.arange(n_users), np.arange(n_items)
-        self.by_user = RatingRows.from_coo(u, i, r, entities=users)
-        self.by_item = RatingRows.from_coo(i, u, r, entities=items)
+        width = tile_width(params.rank)
+        self.by_user = RatingRows.from_coo(u, i, r, entities=users, width=width)
+        self.by_item = RatingRows.from_coo(i, u, r, entities=items, width=width)
         self.item_counts = self.by_item.counts()
         if test is not None:
             tu, ti, tr = (np.asarray(a) for a in test)

@@ -1,0 +1,178 @@
+"""Blocked ALS on Spark: equal to the single-process solver, independent of blocking,
+model persistence and prediction, and the pyspark.ml estimator in Pipeline/CrossValidator."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mfspark.als.model import ALSModel
+from mfspark.als.spark_als import SparkBlockSolver, check_broadcast_size
+from mfspark.als.train import ALSParams, LocalSolver, run_als
+from mfspark.errors import MfsparkError
+
+
+@pytest.fixture(scope="module")
+def ratings(spark):
+    """A planted low-rank problem with test rows for cold users and cold items."""
+    rng = np.random.default_rng(11)
+    n_users, n_items, nnz = 300, 150, 9000
+    cells = rng.choice(n_users * n_items, nnz, replace=False)
+    u, i = cells // n_items, cells % n_items
+    w, v = rng.normal(0, 0.5, (n_users, 3)), rng.normal(0, 0.5, (n_items, 3))
+    r = np.clip(
+        np.round(
+            3.5
+            + rng.normal(0, 0.3, n_users)[u]
+            + np.einsum("ij,ij->i", w[u], v[i])
+            + rng.normal(0, 0.5, nnz)
+        ),
+        1,
+        5,
+    )
+    is_test = rng.random(nnz) < 0.15
+    # users 290.. and items 145.. only appear in test: cold rows
+    is_test |= (u >= 290) | (i >= 145)
+    frame = pd.DataFrame({"user_idx": u.astype(np.int32), "item_idx": i.astype(np.int32), "rating": r})
+    train, test = frame[~is_test], frame[is_test]
+    return spark.createDataFrame(train), spark.createDataFrame(test), train, test, n_users, n_items
+
+
+def fit_spark(spark, ratings, params, user_blocks, item_blocks):
+    train_df, test_df, _, _, n_users, n_items = ratings
+    solver = SparkBlockSolver(
+        spark, train_df, test_df, n_users, n_items, params, user_blocks, item_blocks
+    )
+    try:
+        return run_als(solver, params), solver
+    finally:
+        solver.close()
+
+
+PARAMS = ALSParams(rank=4, max_iter=6, tol=0.0, clip=(1.0, 5.0))
+
+
+def test_spark_solver_equals_local_solver_and_ignores_blocking(spark, ratings):
+    _, _, train, test, n_users, n_items = ratings
+    local = run_als(
+        LocalSolver(
+            (train.user_idx.values, train.item_idx.values, train.rating.values),
+            n_users,
+            n_items,
+            PARAMS,
+            test=(test.user_idx.values, test.item_idx.values, test.rating.values),
+        ),
+        PARAMS,
+    )
+    one, solver = fit_spark(spark, ratings, PARAMS, 1, 1)
+    many, _ = fit_spark(spark, ratings, PARAMS, 7, 5)
+    assert solver.n_train == len(train) and solver.n_test == len(test)
+    for got in (one, many):
+        np.testing.assert_allclose(got.model.user_factors, local.model.user_factors, atol=1e-6)
+        np.testing.assert_allclose(got.model.item_factors, local.model.item_factors, atol=1e-6)
+        np.testing.assert_allclose(got.model.user_bias, local.model.user_bias, atol=1e-6)
+        assert [h.test_rmse for h in got.history] == pytest.approx(
+            [h.test_rmse for h in local.history], rel=1e-9
+        )
+    # cold entities: never trained, factor 0 and bias 0
+    assert not one.model.user_factors[290:].any() and not one.model.item_bias[145:].any()
+
+
+def test_model_roundtrip_and_cold_fallback(spark, ratings, tmp_path):
+    train_df, test_df, train, test, n_users, n_items = ratings
+    result, _ = fit_spark(spark, ratings, PARAMS, 2, 2)
+    ids = lambda n, col, idx: spark.createDataFrame(  # noqa: E731
+        pd.DataFrame({col: np.arange(n) * 10, idx: np.arange(n, dtype=np.int32)})
+    )
+    model = ALSModel(
+        result.model,
+        ids(n_users, "user_id", "user_idx"),
+        ids(n_items, "item_id", "item_idx"),
+        {"clip_min": 1.0, "clip_max": 5.0, "iterations": result.iterations},
+    )
+    path = str(tmp_path / "model")
+    model.save(path)
+    loaded = ALSModel.load(spark, path)
+    np.testing.assert_array_equal(loaded.params.user_factors, model.params.user_factors)
+    np.testing.assert_array_equal(loaded.params.item_bias, model.params.item_bias.astype(np.float64))
+    # transform by original id, including ids the model never saw
+    query = pd.DataFrame(
+        {"user_id": [0, 10, 2900, 99999, 99999], "item_id": [0, 99999, 10, 1450, 99998]}
+    )
+    got = loaded.transform(spark.createDataFrame(query)).toPandas().sort_values(["user_id", "item_id"])
+    p = model.params
+    mu = p.global_mean
+    want = {
+        (0, 0): np.clip(
+            mu + p.user_bias[0] + p.item_bias[0] + p.user_factors[0] @ p.item_factors[0], 1, 5
+        ),
+        (10, 99999): np.clip(mu + p.user_bias[1], 1, 5),
+        (2900, 10): np.clip(mu + p.item_bias[1], 1, 5),  # user 290 only in test: bias 0
+        (99999, 1450): np.clip(mu + p.item_bias[145], 1, 5),  # item 145 only in test: bias 0
+        (99999, 99998): np.clip(mu, 1, 5),
+    }
+    for row in got.itertuples():
+        assert row.prediction == pytest.approx(want[(row.user_id, row.item_id)], abs=1e-6)
+    nan = loaded.transform(spark.createDataFrame(query), cold_start="nan").toPandas()
+    assert nan.prediction.isna().sum() == 4  # only (0, 0) is fully known
+    assert loaded.transform(spark.createDataFrame(query), cold_start="drop").count() == 1
+
+
+def test_broadcast_guard_names_size_and_remedy():
+    with pytest.raises(
+        MfsparkError, match=r"user side's factors are 100,000,000 x 64 .* als.max_broadcast_mb"
+    ):
+        check_broadcast_size(100_000_000, 1000, 64, 2048)
+    check_broadcast_size(138_493, 26_744, 10, 2048)
+
+
+def test_estimator_in_pipeline_crossvalidator_with_string_ids(spark, tmp_path):
+    import pyspark
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.evaluation import RegressionEvaluator
+    from pyspark.ml.tuning import CrossValidator, CrossValidatorModel, ParamGridBuilder
+    from pyspark.sql import functions as F
+
+    from mfspark import BiasedALS
+
+    path = os.path.join(os.path.dirname(pyspark.__file__), "data/mllib/als/sample_movielens_ratings.txt")
+    raw = spark.read.text(path).select(F.split("value", "::").alias("f"))
+    data = raw.select(
+        F.concat(F.lit("u"), F.col("f")[0]).alias("user"),
+        F.concat(F.lit("m"), F.col("f")[1]).alias("item"),
+        F.col("f")[2].cast("double").alias("rating"),
+    )
+    assert data.count() == 1501
+    als = BiasedALS(maxIter=5, regScaling="count", numUserBlocks=2, numItemBlocks=3)
+    grid = ParamGridBuilder().addGrid(als.rank, [2, 4]).addGrid(als.regParam, [0.05, 0.3]).build()
+    evaluator = RegressionEvaluator(metricName="rmse", labelCol="rating", predictionCol="prediction")
+    cv = CrossValidator(
+        estimator=Pipeline(stages=[als]),
+        estimatorParamMaps=grid,
+        evaluator=evaluator,
+        numFolds=2,
+        seed=3,
+    )
+    cv_model = cv.fit(data)
+    assert len(cv_model.avgMetrics) == 4 and all(np.isfinite(cv_model.avgMetrics))
+    best = cv_model.bestModel
+    predictions = best.transform(data).toPandas()
+    assert predictions.prediction.notna().all()
+    rmse = float(np.sqrt(np.mean((predictions.rating - predictions.prediction) ** 2)))
+    assert rmse < predictions.rating.std()  # beats predicting the mean on its own training data
+    best.write().overwrite().save(str(tmp_path / "best"))
+    reloaded = PipelineModel.load(str(tmp_path / "best"))
+    again = reloaded.transform(data).toPandas()
+    key = ["user", "item"]
+    merged = predictions.merge(again, on=key, suffixes=("", "_again"))
+    assert len(merged) == 1501
+    np.testing.assert_array_equal(merged.prediction.values, merged.prediction_again.values)
+    assert reloaded.stages[0].getRank() == best.stages[0].getRank()
+    cv_model.write().overwrite().save(str(tmp_path / "cv"))
+    assert CrossValidatorModel.load(str(tmp_path / "cv")).bestModel.transform(data).count() == 1501
+    # factors are exposed like Spark's ALS: id, features (+ bias)
+    user_factors = best.stages[0].userFactors
+    assert user_factors.columns == ["id", "features", "bias"] and user_factors.count() == 30
