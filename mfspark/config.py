@@ -225,10 +225,23 @@ class EvaluateConfig:
             choices=AE_ORIENTATIONS,
         ),
     )
-    model_name: str = field(default="", metadata=_doc("Name in `metrics/summary.model`."))
+    reconstruction_column: str = field(
+        default="reconstruction",
+        metadata=_doc("Array column of the reconstruction dataset (values over the other side's idx)."),
+    )
+    model_name: str = field(
+        default="",
+        metadata=_doc(
+            "Name in `metrics/summary.model`; default: the model the manifest records for "
+            "`<output.path>/predictions`, else the scored directory's name."
+        ),
+    )
     activity_buckets: list = field(
         default_factory=lambda: [1, 20, 50, 200, 1000],
-        metadata=_doc("Lower edges of the user-activity segments (train ratings per user)."),
+        metadata=_doc(
+            "Lower edges of the user-activity segments (train ratings per user), strictly "
+            "increasing: [1, 20] gives `activity_1_19` and `activity_20_plus`."
+        ),
     )
 
 
@@ -238,12 +251,44 @@ class BenchmarkConfig:
         default_factory=lambda: ["mllib", "mfspark", "numpy"],
         metadata=_doc("Systems to run.", choices=("mllib", "mfspark", "numpy")),
     )
-    reg_grid: list = field(
-        default_factory=list,
-        metadata=_doc("Regularisation grid searched on a validation split; empty = built-in."),
+    tune: bool = field(
+        default=True,
+        metadata=_doc(
+            "Choose each system's regularisation on a validation split of train (grids below); "
+            "false: use `benchmark.mllib_reg` and `als.reg`."
+        ),
+    )
+    mllib_reg_grid: list = field(
+        default_factory=lambda: [0.025, 0.05, 0.1, 0.2],
+        metadata=_doc("regParam values tried for Spark MLlib ALS (count-scaled, ALS-WR)."),
+    )
+    mfspark_reg_grid: list = field(
+        default_factory=lambda: [4.0, 8.0, 15.0, 30.0],
+        metadata=_doc("`als.reg` values tried for mfspark (and numpy, the same model)."),
+    )
+    mllib_reg: float = field(
+        default=0.05, metadata=_doc("MLlib regParam when `benchmark.tune` is false.", min=0.0)
     )
     validation_fraction: float = field(
-        default=0.1, metadata=_doc("Share of train held out for choosing reg.", min=0.0, max=0.5)
+        default=0.1, metadata=_doc("Share of train held out for choosing reg.", min=0.01, max=0.5)
+    )
+    reuse_prepared: bool = field(
+        default=True,
+        metadata=_doc(
+            "Reuse `<output.path>/prepared` when its manifest shows the same data, synthetic "
+            "and split settings; otherwise run the prepare stage first."
+        ),
+    )
+
+
+PIPELINE_STAGES = ("prepare", "train_als", "evaluate", "build_autoencoder_inputs")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    stages: list = field(
+        default_factory=lambda: list(PIPELINE_STAGES),
+        metadata=_doc("Stages `jobs/pipeline.py` runs, in this order.", choices=PIPELINE_STAGES),
     )
 
 
@@ -270,6 +315,7 @@ class Config:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -299,6 +345,7 @@ _SECTION_TYPES = {
     "autoencoder": AutoencoderConfig,
     "evaluate": EvaluateConfig,
     "benchmark": BenchmarkConfig,
+    "pipeline": PipelineConfig,
     "output": OutputConfig,
     "log": LogConfig,
 }
@@ -318,10 +365,24 @@ def _type_name(tp: Any) -> str:
     }.get(tp, str(tp))
 
 
+@dataclass(frozen=True)
+class _Override:
+    """A ``--set`` value that parsed as a non-string TOML literal, with the text as typed.
+
+    A string key takes the text (``--set output.path=2024`` is the path "2024", not an error);
+    every other key takes the parsed value.
+    """
+
+    value: Any
+    text: str
+
+
 def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
     key = f"{section}.{f.name}"
     # `from __future__ import annotations` keeps field types as their names.
     tp = _FIELD_TYPES[f.type]
+    if isinstance(value, _Override):
+        value = value.text if tp is str else value.value
     ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
@@ -346,13 +407,31 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
                 f"config key {key} does not allow {bad[0]!r}; allowed: {', '.join(choices)}"
             )
     if tp is dict:
-        value = {str(k): _spark_value(f"{key}.{k}", v) for k, v in value.items()}
+        value = {k: _spark_value(f"{key}.{k}", v) for k, v in _flatten(value).items()}
     if tp is list:
         value = list(value)
     return value
 
 
+def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"spark": {"executor": {"memory": "4g"}}}`` → ``{"spark.executor.memory": "4g"}``.
+
+    An unquoted dotted key in a TOML ``[spark.conf]`` table is a nested table; Spark
+    property names are the dotted path.
+    """
+    flat: dict[str, Any] = {}
+    for k, v in table.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{name}."))
+        else:
+            flat[name] = v
+    return flat
+
+
 def _spark_value(key: str, value: Any) -> str:
+    if isinstance(value, _Override):  # a Spark property gets the text as typed ("1e3", "08")
+        return value.text
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float, str)):
@@ -450,6 +529,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     for text in overrides:
         keys, value = parse_override(text)
+        if not isinstance(value, str):  # keep the text for string keys (see _Override)
+            value = _Override(value, text.split("=", 1)[1].strip())
         node = raw
         for k in keys[:-1]:
             node = node.setdefault(k, {})

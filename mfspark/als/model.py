@@ -256,7 +256,7 @@ def predict_arrays(mu, uf, ub, itf, ib, u, i, clip) -> np.ndarray:
 
 def _factors_to_numpy(df: DataFrame, idx_col: str, rank: int):
     """(factors, bias, n_train) arrays indexed by idx, from a factor table."""
-    table = df.select(idx_col, C.BIAS, C.FACTORS, C.N_TRAIN).toArrow()
+    table = df.where(F.col(idx_col).isNotNull()).select(idx_col, C.BIAS, C.FACTORS, C.N_TRAIN).toArrow()
     n = int(pa.compute.max(table.column(idx_col)).as_py() or -1) + 1 if table.num_rows else 0
     idx = table.column(idx_col).to_numpy()
     factors = np.zeros((n, rank), dtype=np.float32)

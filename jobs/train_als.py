@@ -1,0 +1,15 @@
+"""Train blocked biased ALS on the prepared dataset; write model/, predictions, metrics/.
+
+python jobs/train_als.py [--config conf/local.toml] [--set als.rank=50 ...]
+spark-submit jobs/train_als.py --config cluster.toml
+"""
+
+import sys
+
+import _bootstrap  # noqa: F401  (makes a source checkout importable)
+
+from mfspark.als.job import run_train_als
+from mfspark.cli import job_main
+
+if __name__ == "__main__":
+    sys.exit(job_main("train_als", run_train_als, __doc__.splitlines()[0]))

@@ -1,0 +1,511 @@
+"""``jobs/benchmark.py``: Spark MLlib ALS vs mfspark vs single-process numpy, same data, one run.
+
+All three systems see the same prepared train/test split in the same process:
+
+* ``mllib`` — :class:`pyspark.ml.recommendation.ALS` (no biases; regParam is count-scaled).
+  Test rows it predicts as NaN (users/items it never saw) are scored with the global train
+  mean, not dropped; its predictions are not clipped (as it is used).
+* ``mfspark`` — :class:`mfspark.als.spark_als.SparkBlockSolver` (blocked biased ALS).
+* ``numpy`` — the same biased ALS in one Python process (:class:`mfspark.als.train.LocalSolver`):
+  the one-machine limit of the same arithmetic, with the ratings collected to the driver.
+
+Regularisation: with ``benchmark.tune`` each system's value is chosen from a small grid by
+RMSE on a validation split of train (a hash of the indices, ``benchmark.validation_fraction``);
+numpy solves exactly mfspark's objective, so it uses mfspark's choice.
+
+Timings per system: ``setup_seconds`` (partitioning/packing the ratings, before the first
+iteration), ``seconds_per_iteration`` (median over iterations), ``fit_seconds`` (the whole
+fit), ``peak_rss_mb`` (peak resident memory of the processes the system runs in, sampled every
+50 ms: MLlib the JVM; mfspark the JVM, its Python workers and the driver; numpy the driver).
+MLlib's iterations are timed from Spark's own stage timeline (two ``flatMap at ALS.scala``
+stages per iteration, read from the Spark UI's REST API); when that is unavailable the mean
+over (fit − first job) is reported and said so. ``mllib_blas`` says which BLAS MLlib ran on.
+
+Written to ``<output.path>/benchmark`` (Parquet) and printed as a table with ratios to MLlib.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from mfspark import columns as C
+from mfspark.als.kernels import Regularization
+from mfspark.als.model import ALSModel
+from mfspark.als.spark_als import SparkBlockSolver, check_broadcast_size
+from mfspark.als.train import ALSParams, LocalSolver, run_als
+from mfspark.config import Config
+from mfspark.io import HadoopFS, join, read_manifest, staged_outputs, update_manifest
+from mfspark.prepare import Prepared, run_prepare
+from mfspark.splits import unit_hash
+
+log = logging.getLogger(__name__)
+
+BENCHMARK_SCHEMA = T.StructType(
+    [
+        T.StructField("system", T.StringType(), False),
+        T.StructField("rank", T.IntegerType(), False),
+        T.StructField("iterations", T.IntegerType(), False),
+        T.StructField("setup_seconds", T.DoubleType(), True),
+        T.StructField("seconds_per_iteration", T.DoubleType(), True),
+        T.StructField("fit_seconds", T.DoubleType(), True),
+        T.StructField("peak_rss_mb", T.DoubleType(), True),
+        T.StructField("test_rmse", T.DoubleType(), True),
+        T.StructField("reg", T.DoubleType(), True),
+        T.StructField("validation_rmse", T.DoubleType(), True),
+        T.StructField("iteration_timing", T.StringType(), True),
+        T.StructField("mllib_blas", T.StringType(), True),
+        T.StructField("planted_truth_test_rmse", T.DoubleType(), True),
+        T.StructField("n_train", T.LongType(), False),
+        T.StructField("n_test", T.LongType(), False),
+        T.StructField("master", T.StringType(), False),
+    ]
+)
+
+
+@dataclass
+class SystemRun:
+    system: str
+    rank: int
+    iterations: int
+    setup_seconds: float | None
+    seconds_per_iteration: float | None
+    fit_seconds: float
+    peak_rss_mb: float | None
+    test_rmse: float
+    reg: float
+    validation_rmse: float | None = None
+    iteration_timing: str = "measured per iteration"
+    mllib_blas: str | None = None
+
+
+# -- memory ------------------------------------------------------------------------------
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            tree.setdefault(ppid, []).append(int(name))
+    return tree
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class PeakMemory:
+    """Samples the summed RSS of chosen processes (Linux /proc) in a background thread."""
+
+    def __init__(self, which: str, interval: float = 0.05):
+        self.which, self.interval = which, interval
+        self.peak: float | None = None
+        self._stop = threading.Event()
+
+    def _pids(self) -> list[int]:
+        me = os.getpid()
+        tree = _children()
+        jvms = [p for p in tree.get(me, []) if _is_java(p)]
+        if self.which == "driver":
+            return [me]
+        if self.which == "jvm":
+            return jvms
+        pids, stack = [me], list(jvms)  # driver + JVM + everything under it (Python workers)
+        while stack:
+            p = stack.pop()
+            pids.append(p)
+            stack.extend(tree.get(p, []))
+        return pids
+
+    def _run(self):
+        while not self._stop.is_set():
+            total = sum(_rss_mb(p) for p in self._pids())
+            self.peak = total if self.peak is None else max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        if os.path.isdir("/proc"):
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if hasattr(self, "_thread"):
+            self._thread.join()
+
+
+def _is_java(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == "java"
+    except OSError:
+        return False
+
+
+# -- data ----------------------------------------------------------------------------------
+def _same_prepare_settings(manifest: dict, cfg: Config) -> bool:
+    entry = manifest.get("stages", {}).get("prepare")
+    if not entry:
+        return False
+    ran = entry.get("config", {})
+    now = cfg.to_dict()
+    return all(ran.get(k) == now[k] for k in ("data", "synthetic", "split"))
+
+
+def ensure_prepared(cfg: Config, spark: SparkSession) -> None:
+    out = cfg.output.path
+    fs = HadoopFS(spark)
+    if (
+        cfg.benchmark.reuse_prepared
+        and fs.exists(join(out, C.PREPARED_TRAIN))
+        and _same_prepare_settings(read_manifest(spark, out), cfg)
+    ):
+        log.info("reusing the prepared dataset in %s (same data, synthetic and split settings)", out)
+        return
+    run_prepare(cfg, spark)
+
+
+def _indexed(df: DataFrame) -> DataFrame:
+    return df.select(C.USER_IDX, C.ITEM_IDX, F.col(C.RATING).cast("double").alias(C.RATING))
+
+
+def validation_split(train: DataFrame, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+    u = unit_hash(F.col(C.USER_IDX), F.col(C.ITEM_IDX), F.lit(seed), F.lit("validation"))
+    marked = train.withColumn("_v", u < F.lit(fraction))
+    return marked.where(~F.col("_v")).drop("_v"), marked.where(F.col("_v")).drop("_v")
+
+
+def _arrays(df: DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    table = df.select(C.USER_IDX, C.ITEM_IDX, C.RATING).toArrow()
+    return tuple(table.column(i).to_numpy() for i in range(3))
+
+
+# -- systems -------------------------------------------------------------------------------
+def mllib_blas(spark: SparkSession) -> str:
+    jvm = spark.sparkContext._jvm
+    try:
+        jvm.dev.ludovic.netlib.blas.NativeBLAS.getInstance()
+        native = "native"
+    except Exception:  # noqa: BLE001 - any JVM error means no native BLAS was loaded
+        native = "none"
+    try:
+        java = jvm.dev.ludovic.netlib.blas.JavaBLAS.getInstance().getClass().getSimpleName()
+    except Exception:  # noqa: BLE001
+        java = "unknown"
+    return f"native BLAS: {native}; Java fallback: {java}"
+
+
+def _stage_iteration_seconds(spark: SparkSession, group: str, iterations: int):
+    """(setup end, [per-iteration seconds]) from the UI REST API, or None."""
+    sc = spark.sparkContext
+    url = sc.uiWebUrl
+    if not url:
+        return None
+    base = f"{url}/api/v1/applications/{sc.applicationId}"
+    try:
+        jobs = json.load(urllib.request.urlopen(f"{base}/jobs", timeout=10))
+        stage_ids = {s for j in jobs if j.get("jobGroup") == group for s in j["stageIds"]}
+        stages = json.load(urllib.request.urlopen(f"{base}/stages?status=complete", timeout=10))
+    except OSError:
+        return None
+    solve = sorted(
+        (
+            s
+            for s in stages
+            if s["stageId"] in stage_ids and s["name"].startswith("flatMap at ALS.scala")
+        ),
+        key=lambda s: s["stageId"],
+    )
+    if len(solve) != 2 * iterations:
+        return None
+
+    def ts(text: str) -> float:
+        from datetime import datetime
+
+        return datetime.strptime(text.replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+    starts = [ts(s["submissionTime"]) for s in solve[0::2]]
+    ends = [ts(s["completionTime"]) for s in solve[1::2]]
+    return starts[0], [e - s for s, e in zip(starts, ends, strict=True)]
+
+
+def fit_mllib(spark, train, test, rank, iterations, reg, seed, global_mean, tag):
+    from pyspark.ml.recommendation import ALS
+
+    als = ALS(
+        rank=rank,
+        maxIter=iterations,
+        regParam=reg,
+        userCol=C.USER_IDX,
+        itemCol=C.ITEM_IDX,
+        ratingCol=C.RATING,
+        coldStartStrategy="nan",
+        seed=seed,
+    )
+    group = f"mfspark-benchmark-mllib-{tag}"
+    spark.sparkContext.setJobGroup(group, f"MLlib ALS {tag}")
+    try:
+        started = time.time()
+        model = als.fit(train)
+        fit_seconds = time.time() - started
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    pred = model.transform(test).select(
+        F.when(F.isnan(C.PREDICTION), F.lit(global_mean)).otherwise(F.col(C.PREDICTION)).alias("p"),
+        C.RATING,
+    )
+    rmse = pred.agg(F.sqrt(F.avg((F.col("p") - F.col(C.RATING)) ** 2))).first()[0]
+    timeline = _stage_iteration_seconds(spark, group, iterations)
+    if timeline is not None:
+        first_start, per_iter = timeline
+        setup = first_start - started
+        timing = "median of per-iteration stage spans (Spark UI timeline)"
+    else:
+        setup, per_iter = None, [fit_seconds / iterations]
+        timing = "fit / iterations (Spark UI timeline unavailable)"
+    return float(rmse), fit_seconds, setup, per_iter, timing
+
+
+def fit_mfspark(spark, train, test, n_users, n_items, params, cfg):
+    started = time.time()
+    solver = SparkBlockSolver(
+        spark, train, test, n_users, n_items, params, cfg.als.num_user_blocks, cfg.als.num_item_blocks
+    )
+    try:
+        result = run_als(solver, params, "mfspark")
+    finally:
+        solver.close()
+    return result, time.time() - started, solver.setup_seconds
+
+
+def fit_numpy(train_arrays, test_arrays, n_users, n_items, params):
+    started = time.time()
+    solver = LocalSolver(train_arrays, n_users, n_items, params, test=test_arrays)
+    setup = time.time() - started
+    result = run_als(solver, params, "numpy")
+    return result, time.time() - started, setup
+
+
+def _pick(scores: dict[float, float], system: str, key: str) -> float:
+    best = min(scores, key=scores.get)
+    if best in (min(scores), max(scores)) and len(scores) > 1:
+        log.warning(
+            "%s: the best regularisation %g is at the edge of %s; widen the grid", system, best, key
+        )
+    return best
+
+
+# -- driver --------------------------------------------------------------------------------
+def planted_truth_rmse(spark, out: str, test: DataFrame, clip) -> float | None:
+    path = join(out, C.SYNTHETIC_TRUTH)
+    if not HadoopFS(spark).exists(join(path, "metadata")):
+        return None
+    truth = ALSModel.load(spark, path)
+    truth.metadata["clip_min"], truth.metadata["clip_max"] = clip
+    scored = truth.transform(test.select(C.USER_ID, C.ITEM_ID, C.RATING))
+    return float(scored.agg(F.sqrt(F.avg((F.col(C.PREDICTION) - F.col(C.RATING)) ** 2))).first()[0])
+
+
+def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
+    bench, als = cfg.benchmark, cfg.als
+    out = cfg.output.path
+    ensure_prepared(cfg, spark)
+    prepared = Prepared.load(spark, out)
+    n_users, n_items = prepared.users.count(), prepared.items.count()
+    check_broadcast_size(n_users, n_items, als.rank, als.max_broadcast_mb)
+    train = _indexed(prepared.train).cache()
+    test = _indexed(prepared.test).cache()
+    n_train, n_test = train.count(), test.count()
+    stats = train.agg(F.avg(C.RATING), F.min(C.RATING), F.max(C.RATING)).first()
+    global_mean, clip = float(stats[0]), (float(stats[1]), float(stats[2]))
+    iterations, rank = als.max_iter, als.rank
+    log.info(
+        "benchmark: %s train / %s test ratings, %s users x %s items, rank %d, %d iterations, master %s",
+        f"{n_train:,}",
+        f"{n_test:,}",
+        f"{n_users:,}",
+        f"{n_items:,}",
+        rank,
+        iterations,
+        spark.sparkContext.master,
+    )
+    regs = {"mllib": bench.mllib_reg, "mfspark": als.reg}
+    validation_rmse: dict[str, float | None] = {"mllib": None, "mfspark": None}
+    if bench.tune:
+        fit_part, valid = validation_split(train, bench.validation_fraction, cfg.split.seed)
+        fit_part, valid = fit_part.cache(), valid.cache()
+        fit_part.count(), valid.count()
+        if "mllib" in bench.systems:
+            scores = {}
+            for reg in bench.mllib_reg_grid:
+                scores[reg] = fit_mllib(
+                    spark, fit_part, valid, rank, iterations, reg, als.seed, global_mean, f"tune-{reg}"
+                )[0]
+                log.info("tuning mllib regParam=%g: validation RMSE %.5f", reg, scores[reg])
+            regs["mllib"] = _pick(scores, "mllib", "benchmark.mllib_reg_grid")
+            validation_rmse["mllib"] = scores[regs["mllib"]]
+        if {"mfspark", "numpy"} & set(bench.systems):
+            scores = {}
+            for reg in bench.mfspark_reg_grid:
+                p = ALSParams.from_config(
+                    als, clip=clip, tol=0.0, reg=Regularization(reg, als.reg_bias, als.reg_scaling)
+                )
+                result, _, _ = fit_mfspark(spark, fit_part, valid, n_users, n_items, p, cfg)
+                scores[reg] = result.history[-1].test_rmse
+                log.info("tuning mfspark als.reg=%g: validation RMSE %.5f", reg, scores[reg])
+            regs["mfspark"] = _pick(scores, "mfspark", "benchmark.mfspark_reg_grid")
+            validation_rmse["mfspark"] = scores[regs["mfspark"]]
+        fit_part.unpersist(), valid.unpersist()
+    runs: list[SystemRun] = []
+    final = ALSParams.from_config(  # tol 0: exactly max_iter iterations, like MLlib
+        als, clip=clip, tol=0.0, reg=Regularization(regs["mfspark"], als.reg_bias, als.reg_scaling)
+    )
+    if "mllib" in bench.systems:
+        with PeakMemory("jvm") as mem:
+            rmse, fit_s, setup, per_iter, timing = fit_mllib(
+                spark, train, test, rank, iterations, regs["mllib"], als.seed, global_mean, "final"
+            )
+        runs.append(
+            SystemRun(
+                "mllib",
+                rank,
+                iterations,
+                setup,
+                statistics.median(per_iter),
+                fit_s,
+                mem.peak,
+                rmse,
+                regs["mllib"],
+                validation_rmse["mllib"],
+                timing,
+                mllib_blas(spark),
+            )
+        )
+    if "mfspark" in bench.systems:
+        with PeakMemory("all") as mem:
+            result, fit_s, setup = fit_mfspark(spark, train, test, n_users, n_items, final, cfg)
+        runs.append(
+            SystemRun(
+                "mfspark",
+                rank,
+                result.iterations,
+                setup,
+                statistics.median(h.seconds for h in result.history),
+                fit_s,
+                mem.peak,
+                result.history[-1].test_rmse,
+                regs["mfspark"],
+                validation_rmse["mfspark"],
+            )
+        )
+    if "numpy" in bench.systems:
+        train_arrays, test_arrays = _arrays(train), _arrays(test)
+        with PeakMemory("driver") as mem:
+            result, fit_s, setup = fit_numpy(train_arrays, test_arrays, n_users, n_items, final)
+        del train_arrays, test_arrays
+        runs.append(
+            SystemRun(
+                "numpy",
+                rank,
+                result.iterations,
+                setup,
+                statistics.median(h.seconds for h in result.history),
+                fit_s,
+                mem.peak,
+                result.history[-1].test_rmse,
+                regs["mfspark"],
+                validation_rmse["mfspark"],
+                "measured per iteration (single process, one core)",
+            )
+        )
+    truth = planted_truth_rmse(spark, out, prepared.test, clip)
+    train.unpersist(), test.unpersist()
+    master = spark.sparkContext.master
+    rows = [
+        (
+            r.system,
+            r.rank,
+            r.iterations,
+            r.setup_seconds,
+            r.seconds_per_iteration,
+            r.fit_seconds,
+            r.peak_rss_mb,
+            r.test_rmse,
+            float(r.reg),
+            r.validation_rmse,
+            r.iteration_timing,
+            r.mllib_blas,
+            truth,
+            n_train,
+            n_test,
+            master,
+        )
+        for r in runs
+    ]
+    with staged_outputs(spark, out) as stage:
+        stage.write(spark.createDataFrame(rows, BENCHMARK_SCHEMA).coalesce(1), C.BENCHMARK)
+    entry = {
+        "runs": [asdict(r) for r in runs],
+        "planted_truth_test_rmse": truth,
+        "n_train": n_train,
+        "n_test": n_test,
+        "master": master,
+    }
+    update_manifest(spark, out, "benchmark", entry, cfg)
+    print(table_text(runs, truth, n_train, n_test, n_users, n_items, master))
+    return entry
+
+
+def table_text(runs, truth, n_train, n_test, n_users, n_items, master) -> str:
+    base = next((r for r in runs if r.system == "mllib"), None)
+
+    def ratio(value, ref):
+        return f"{value / ref:.2f}x" if value is not None and ref else "-"
+
+    def num(value, fmt):
+        return format(value, fmt) if value is not None else "-"
+
+    shape = f"{n_users:,} users x {n_items:,} items"
+    lines = [
+        "",
+        f"benchmark: {n_train:,} train / {n_test:,} test ratings, {shape}, master {master}",
+        f"{'system':<9}{'reg':>7}{'setup s':>9}{'s/iter':>9}{'vs MLlib':>9}{'fit s':>9}"
+        f"{'vs MLlib':>9}{'peak MB':>9}{'test RMSE':>11}{'vs MLlib':>9}",
+    ]
+    for r in runs:
+        ref = base or r
+        lines.append(
+            f"{r.system:<9}{r.reg:>7g}{num(r.setup_seconds, '9.1f')}"
+            f"{num(r.seconds_per_iteration, '9.2f')}"
+            f"{ratio(r.seconds_per_iteration, ref.seconds_per_iteration):>9}"
+            f"{r.fit_seconds:9.1f}{ratio(r.fit_seconds, ref.fit_seconds):>9}"
+            f"{num(r.peak_rss_mb, '9.0f')}{r.test_rmse:11.4f}{ratio(r.test_rmse, ref.test_rmse):>9}"
+        )
+    if truth is not None:
+        best = min(r.test_rmse for r in runs)
+        lines.append(f"planted truth test RMSE {truth:.4f}; best system / truth = {best / truth:.4f}")
+    if base is not None and base.mllib_blas:
+        lines.append(f"MLlib: {base.mllib_blas}; iterations timed by {base.iteration_timing}")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""``jobs/pipeline.py``: every stage in order, one Spark session, a short summary at the end.
+
+Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs.
+Each stage is the same function its own job runs, so ``pipeline`` and the separate jobs
+give identical outputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+
+from pyspark.sql import SparkSession
+
+from mfspark import columns as C
+from mfspark.config import Config
+from mfspark.io import join
+
+log = logging.getLogger(__name__)
+
+STAGE_FUNCTIONS = {
+    "prepare": ("mfspark.prepare", "run_prepare"),
+    "train_als": ("mfspark.als.job", "run_train_als"),
+    "evaluate": ("mfspark.evaluation", "run_evaluate"),
+    "build_autoencoder_inputs": ("mfspark.autoencoder", "run_build_autoencoder_inputs"),
+}
+
+
+def stage_function(name: str):
+    module, fn = STAGE_FUNCTIONS[name]
+    return getattr(importlib.import_module(module), fn)
+
+
+def run_pipeline(cfg: Config, spark: SparkSession) -> dict:
+    started = time.time()
+    results = {}
+    for name in cfg.pipeline.stages:
+        t = time.time()
+        log.info("stage %s: starting", name)
+        results[name] = stage_function(name)(cfg, spark)
+        log.info("stage %s: done in %.1f s", name, time.time() - t)
+    print(summary_text(cfg, spark, results, time.time() - started))
+    return results
+
+
+def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float) -> str:
+    """The human-readable end of a pipeline run."""
+    out = cfg.output.path
+    lines = ["", f"mfspark pipeline finished in {seconds:.1f} s; outputs under {out}/"]
+    prep = results.get("prepare")
+    if prep:
+        c = prep["counts"]
+        lines.append(
+            f"  data     {c['valid']:,} ratings, {c['users']:,} users x {c['items']:,} items "
+            f"({prep['format']}); train {c['train']:,}, test {c['test']:,} "
+            f"(cold user {c['test_cold_user']:,}, cold item {c['test_cold_item']:,}); "
+            f"rejected {c['rejected']:,}"
+        )
+    train = results.get("train_als")
+    if train:
+        t = train["timings"]
+        lines.append(
+            f"  ALS      rank {cfg.als.rank}, {train['iterations']} iterations, "
+            f"{t['median_seconds_per_iteration']:.2f} s/iteration, fit {t['fit_seconds']:.1f} s; "
+            f"train RMSE {train['train_rmse']:.4f}"
+        )
+    if "train_als" in results or "evaluate" in results:
+        summary_path = join(out, C.METRICS_SUMMARY)
+        rows = spark.read.parquet(summary_path).orderBy("model", "segment").collect()
+        lines.append(f"  {'model':<14}{'segment':<22}{'n':>10}{'RMSE':>9}{'MAE':>9}")
+        for r in rows:
+            rmse = f"{r['rmse']:.4f}" if r["rmse"] is not None else "-"
+            mae = f"{r['mae']:.4f}" if r["mae"] is not None else "-"
+            lines.append(f"  {r['model']:<14}{r['segment']:<22}{r['n']:>10,}{rmse:>9}{mae:>9}")
+    ae = results.get("build_autoencoder_inputs")
+    if ae:
+        lines.append(
+            f"  AE       inputs under {join(out, 'ae_inputs')}/ ({', '.join(cfg.autoencoder.orientations)})"
+        )
+    return "\n".join(lines)
