@@ -22,6 +22,14 @@ REASON = "reason"
 LINE = "line"
 BIAS = "bias"
 FACTORS = "factors"
+# Autoencoder inputs (ae_inputs/by_item, ae_inputs/by_user) and reconstructions.
+N_TEST = "n_test"
+TRAIN_INDICES = "train_indices"
+TRAIN_VALUES = "train_values"
+TEST_INDICES = "test_indices"
+TEST_VALUES = "test_values"
+RECONSTRUCTION = "reconstruction"
+ROW_IDX = "row_idx"
 
 # Rejection reasons, in the order checks are applied (a row gets the first that matches).
 REASON_WRONG_FIELD_COUNT = "wrong_field_count"
@@ -122,5 +130,50 @@ SUMMARY_SCHEMA = T.StructType(
         T.StructField("rmse", T.DoubleType(), True),
         T.StructField("mae", T.DoubleType(), True),
         T.StructField("n_nonfinite", T.LongType(), False),
+        # Test rows without any prediction (no row, or a null); like n_nonfinite they are in
+        # n but not in rmse/mae, which average over n - n_nonfinite - n_missing rows.
+        T.StructField("n_missing", T.LongType(), False),
+    ]
+)
+
+# Autoencoder orientations: a row of `by_item` is one item's ratings by all users.
+AE_ROW_KEYS = {"by_item": (ITEM_ID, ITEM_IDX), "by_user": (USER_ID, USER_IDX)}
+AE_COLUMN_IDX = {"by_item": USER_IDX, "by_user": ITEM_IDX}
+AE_PATHS = {"by_item": AE_BY_ITEM, "by_user": AE_BY_USER}
+
+
+def ae_schema(orientation: str, id_type: T.DataType) -> T.StructType:
+    """Schema of `ae_inputs/by_item` / `ae_inputs/by_user`.
+
+    Indices are the other side's dense idx, strictly ascending within a row; values are the
+    ratings as float32 (exact for ratings on a 0.5 grid). Empty arrays, never null.
+    """
+    row_id, row_idx = AE_ROW_KEYS[orientation]
+    return T.StructType(
+        [
+            T.StructField(row_id, id_type, False),
+            T.StructField(row_idx, T.IntegerType(), False),
+            T.StructField(N_TRAIN, T.LongType(), False),
+            T.StructField(N_TEST, T.LongType(), False),
+            T.StructField(TRAIN_INDICES, T.ArrayType(T.IntegerType(), False), False),
+            T.StructField(TRAIN_VALUES, T.ArrayType(T.FloatType(), False), False),
+            T.StructField(TEST_INDICES, T.ArrayType(T.IntegerType(), False), False),
+            T.StructField(TEST_VALUES, T.ArrayType(T.FloatType(), False), False),
+        ]
+    )
+
+
+AE_METADATA_SCHEMA = T.StructType(
+    [
+        T.StructField("n_users", T.LongType(), False),
+        T.StructField("n_items", T.LongType(), False),
+        T.StructField("rating_min", T.DoubleType(), False),
+        T.StructField("rating_max", T.DoubleType(), False),
+        T.StructField("train_rating_min", T.DoubleType(), True),
+        T.StructField("train_rating_max", T.DoubleType(), True),
+        T.StructField("global_mean", T.DoubleType(), True),
+        T.StructField("nnz_train", T.LongType(), False),
+        T.StructField("nnz_test", T.LongType(), False),
+        T.StructField("orientations", T.ArrayType(T.StringType(), False), False),
     ]
 )

@@ -1,0 +1,18 @@
+"""Build autoencoder inputs: ``ae_inputs/by_item``, ``ae_inputs/by_user`` and ``ae_inputs/metadata``.
+
+python jobs/build_autoencoder_inputs.py [--config conf/local.toml] [--set section.key=value ...]
+spark-submit jobs/build_autoencoder_inputs.py --config cluster.toml
+
+Reads ``prepared/*`` under ``output.path`` (run jobs/prepare.py first); which orientations to
+build comes from ``autoencoder.orientations``.
+"""
+
+import sys
+
+import _bootstrap  # noqa: F401  (makes a source checkout importable)
+
+from mfspark.autoencoder import run_build_autoencoder_inputs
+from mfspark.cli import job_main
+
+if __name__ == "__main__":
+    sys.exit(job_main("build_autoencoder_inputs", run_build_autoencoder_inputs, __doc__.splitlines()[0]))

@@ -1,0 +1,19 @@
+"""Score predictions (or autoencoder reconstructions) on the held-out ratings; write ``metrics/summary``.
+
+python jobs/evaluate.py [--config conf/local.toml] [--set section.key=value ...]
+spark-submit jobs/evaluate.py --config cluster.toml
+
+Scores ``<output.path>/predictions`` (or ``evaluate.predictions_path``, or the reconstructions
+at ``evaluate.reconstruction_path`` with ``evaluate.reconstruction_orientation``) against
+``prepared/test``; this model's rows of ``metrics/summary`` are replaced, other models' kept.
+"""
+
+import sys
+
+import _bootstrap  # noqa: F401  (makes a source checkout importable)
+
+from mfspark.cli import job_main
+from mfspark.evaluation import run_evaluate
+
+if __name__ == "__main__":
+    sys.exit(job_main("evaluate", run_evaluate, __doc__.splitlines()[0]))
