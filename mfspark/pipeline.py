@@ -66,16 +66,19 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
             f"train RMSE {train['train_rmse']:.4f}"
         )
     if "train_als" in results or "evaluate" in results:
-        summary_path = join(out, C.METRICS_SUMMARY)
-        rows = spark.read.parquet(summary_path).orderBy("model", "segment").collect()
-        lines.append(f"  {'model':<14}{'segment':<22}{'n':>10}{'RMSE':>9}{'MAE':>9}")
-        for r in rows:
-            rmse = f"{r['rmse']:.4f}" if r["rmse"] is not None else "-"
-            mae = f"{r['mae']:.4f}" if r["mae"] is not None else "-"
-            lines.append(f"  {r['model']:<14}{r['segment']:<22}{r['n']:>10,}{rmse:>9}{mae:>9}")
+        from mfspark.evaluation import BASE_SEGMENTS, activity_segments, format_summary
+
+        order = [
+            *BASE_SEGMENTS,
+            *(name for name, _, _ in activity_segments(cfg.evaluate.activity_buckets)),
+        ]
+        rank = {name: i for i, name in enumerate(order)}
+        rows = [r.asDict() for r in spark.read.parquet(join(out, C.METRICS_SUMMARY)).collect()]
+        rows.sort(key=lambda r: (r["model"], rank.get(r["segment"], len(rank)), r["segment"]))
+        lines += ["  test metrics (held-out ratings only):"]
+        lines += ["    " + line for line in format_summary(rows).splitlines()]
     ae = results.get("build_autoencoder_inputs")
     if ae:
-        lines.append(
-            f"  AE       inputs under {join(out, 'ae_inputs')}/ ({', '.join(cfg.autoencoder.orientations)})"
-        )
+        built = ", ".join(cfg.autoencoder.orientations)
+        lines.append(f"  AE       inputs under {join(out, 'ae_inputs')}/ ({built})")
     return "\n".join(lines)
