@@ -9,7 +9,7 @@ import sys
 import _bootstrap  # noqa: F401  (makes a source checkout importable)
 
 from mfspark.cli import job_main
-from mfspark.prepare import run_prepare
+from mfspark.prepare import preflight_prepare, run_prepare
 
 if __name__ == "__main__":
-    sys.exit(job_main("prepare", run_prepare, __doc__.splitlines()[0]))
+    sys.exit(job_main("prepare", run_prepare, __doc__.splitlines()[0], preflight=preflight_prepare))

@@ -20,6 +20,7 @@ from mfspark.errors import MfsparkError
 log = logging.getLogger("mfspark")
 
 JobFn = Callable[[Config, object], dict]
+PreflightFn = Callable[[Config], None]
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -76,8 +77,13 @@ def job_main(
     run: JobFn,
     description: str,
     argv: Sequence[str] | None = None,
+    preflight: PreflightFn | None = None,
 ) -> int:
-    """Parse arguments, load config, build the session, run the job; return the exit code."""
+    """Parse arguments, load config, build the session, run the job; return the exit code.
+
+    ``preflight(cfg)`` runs before Spark starts: checks that need no JVM (a missing local
+    input, say) fail in a second with their one line and nothing else on stderr.
+    """
     args = parser_for(name, description).parse_args(argv)
     setup_logging("INFO")
     spark = None
@@ -85,6 +91,8 @@ def job_main(
     try:
         cfg = load_config(args.config, args.set)
         setup_logging(cfg.log.level)
+        if preflight is not None:
+            preflight(cfg)
         from mfspark.session import build_session
 
         spark = build_session(cfg, name)

@@ -186,7 +186,10 @@ class ALSConfig:
     )
     init_std: float = field(default=0.1, metadata=_doc("Sd of the initial item factors.", min=0.0))
     clip_predictions: bool = field(
-        default=True, metadata=_doc("Clip predictions to [data.rating_min, data.rating_max].")
+        default=True,
+        metadata=_doc(
+            "Clip predictions to the range of the training ratings (e.g. 1-5 for MovieLens 100K)."
+        ),
     )
     max_broadcast_mb: float = field(
         default=2048.0,

@@ -87,6 +87,12 @@ class HadoopFS:
         finally:
             stream.close()
 
+    def glob(self, path: str) -> list[str]:
+        """The paths a glob pattern (``ratings/part-*.csv``) matches, sorted; [] for none."""
+        p, fs = self._path(path)
+        found = fs.globStatus(p)
+        return sorted(st.getPath().toString() for st in found) if found is not None else []
+
     def file_status(self, path: str) -> list[tuple[str, int, int]]:
         """(path, size, modification time ms) of every file under ``path``, sorted."""
         p, fs = self._path(path)

@@ -16,6 +16,7 @@ within ``data.max_rejected_fraction``.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -30,11 +31,19 @@ from pyspark.sql import types as T
 from mfspark import columns as C
 from mfspark.config import Config
 from mfspark.errors import ConfigError, InputError
-from mfspark.indexing import dense_index
+from mfspark.indexing import rank_ids_by_group
 from mfspark.io import HadoopFS, join, staged_outputs, update_manifest
-from mfspark.readers import ParsedRatings, check_input_path, read_ratings, with_raw_from_typed
-from mfspark.splits import assign_test
+from mfspark.readers import (
+    SOURCE,
+    ParsedRatings,
+    check_input_path,
+    check_local_input,
+    from_typed,
+    read_ratings,
+)
+from mfspark.splits import IS_TEST, assign_test
 from mfspark.validation import (
+    ReasonCounts,
     check_rows,
     count_reasons,
     reject_test_pairs_in_train,
@@ -70,27 +79,35 @@ class Prepared:
 
 
 def input_fingerprint(spark: SparkSession, paths: list[str]) -> dict:
+    fs = HadoopFS(spark)
     files = []
     for path in paths:
-        files += [
-            {"path": p, "bytes": size, "modified_ms": mtime}
-            for p, size, mtime in HadoopFS(spark).file_status(path)
-        ]
+        for match in fs.glob(path) if glob.has_magic(path) else [path]:
+            files += [
+                {"path": p, "bytes": size, "modified_ms": mtime}
+                for p, size, mtime in fs.file_status(match)
+            ]
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     return {"files": files, "sha256_of_listing": digest}
 
 
-def _fail_on_rejections(total: int, reasons: dict[str, int], limit: float, examples: list) -> None:
-    rejected = sum(reasons.values())
-    fraction = rejected / total if total else 0.0
-    detail = ", ".join(f"{r}={n}" for r, n in reasons.items())
-    if rejected:
-        log.warning("rejected %d of %d input rows (%.3f%%): %s", rejected, total, 100 * fraction, detail)
+def _fail_on_rejections(counts: ReasonCounts, limit: float, rejected: DataFrame) -> None:
+    """Log the rejections; fail (with the counts per reason) when there are too many."""
+    fraction = counts.n_rejected / counts.total if counts.total else 0.0
+    detail = ", ".join(f"{r}={n}" for r, n in counts.rejected.items())
+    if counts.n_rejected:
+        log.warning(
+            "rejected %d of %d input rows (%.3f%%): %s",
+            counts.n_rejected,
+            counts.total,
+            100 * fraction,
+            detail,
+        )
     if fraction > limit:
-        for ex in examples:
-            log.error("rejected example: %s", ex)
+        for example in rejected.limit(5).collect():
+            log.error("rejected example: %s", example.asDict())
         raise InputError(
-            f"{rejected} of {total} input rows rejected ({fraction:.2%} > "
+            f"{counts.n_rejected} of {counts.total} input rows rejected ({fraction:.2%} > "
             f"data.max_rejected_fraction={limit:g}): {detail}; fix the input, or accept them "
             f"with --set data.max_rejected_fraction={min(1.0, fraction * 1.5 + 1e-4):.3g}"
         )
@@ -102,20 +119,30 @@ def _read_source(spark: SparkSession, cfg: Config, fmt: str):
         from mfspark.synthetic import generate
 
         syn = generate(spark, cfg.synthetic, cfg.data.rating_min, cfg.data.rating_max)
-        typed = syn.ratings.withColumn("source", F.lit("synthetic"))
-        return ParsedRatings(with_raw_from_typed(typed), T.LongType()), None, syn
-    train = read_ratings(spark, cfg.data, cfg.data.path, fmt)
+        typed = syn.ratings.withColumn(SOURCE, F.lit("synthetic"))
+        return ParsedRatings(from_typed(typed), T.LongType()), None, syn
+    # The paths were checked before the stage started.
+    train = read_ratings(spark, cfg.data, cfg.data.path, fmt, check=False)
     test = None
     if cfg.split.method == "predefined":
-        test = read_ratings(spark, cfg.data, cfg.data.test_path, fmt)
+        test = read_ratings(spark, cfg.data, cfg.data.test_path, fmt, check=False)
         if test.id_type != train.id_type:  # csv auto-detection may disagree between files
-            as_string = lambda p: ParsedRatings(  # noqa: E731
-                p.df.withColumn(C.USER_ID, F.col("raw_user")).withColumn(C.ITEM_ID, F.col("raw_item")),
-                T.StringType(),
-                p.n_blank_lines,
-            )
-            train, test = as_string(train), as_string(test)
+            train, test = _with_string_ids(train), _with_string_ids(test)
     return train, test, None
+
+
+def _with_string_ids(parsed: ParsedRatings) -> ParsedRatings:
+    df = parsed.df.withColumn(C.USER_ID, parsed.raw["raw_user"]).withColumn(
+        C.ITEM_ID, parsed.raw["raw_item"]
+    )
+    return ParsedRatings(df, T.StringType(), parsed.raw)
+
+
+def input_paths(cfg: Config) -> list[tuple[str, str]]:
+    """(path, config key) of every input file the config names."""
+    return [
+        (p, k) for p, k in ((cfg.data.path, "data.path"), (cfg.data.test_path, "data.test_path")) if p
+    ]
 
 
 def _check_config(cfg: Config, fmt: str) -> None:
@@ -132,15 +159,37 @@ def _check_config(cfg: Config, fmt: str) -> None:
             )
 
 
+def preflight_prepare(cfg: Config) -> None:
+    """Checks that need no Spark, run before the session starts (a bad path fails in a second).
+
+    Local inputs are checked on the local file system; paths on a cluster file system (or any
+    path under ``spark-submit``, where a path without a scheme is on the cluster's default
+    file system) are checked by :func:`run_prepare` through Hadoop.
+    """
+    from mfspark.session import under_spark_submit
+
+    _check_config(cfg, cfg.resolved_format)
+    local_master = cfg.spark.master.startswith("local") and not under_spark_submit()
+    for path, key in input_paths(cfg):
+        if path.startswith("file:") or ("://" not in path and local_master):
+            check_local_input(path, key)
+
+
 def run_prepare(cfg: Config, spark: SparkSession) -> dict:
-    """Run the prepare stage and return its manifest entry."""
+    """Run the prepare stage and return its manifest entry.
+
+    Spark work, in order: one aggregation over the checked rows (which caches them: parse,
+    per-row checks and the duplicate window run once), one index build for users and items
+    together, one write per dataset and two cheap counts of what was written. Nothing is
+    counted twice, and the input is read once.
+    """
     started = time.time()
     fmt = cfg.resolved_format
     _check_config(cfg, fmt)
     out = cfg.output.path
-    paths = [p for p in (cfg.data.path, cfg.data.test_path) if p]
+    paths = input_paths(cfg)
     # Every input problem we can see up front fails before anything is created.
-    for p, key in zip(paths, ("data.path", "data.test_path"), strict=False):
+    for p, key in paths:
         check_input_path(spark, p, key)
     timings: dict[str, float] = {}
     cached: list[DataFrame] = []
@@ -150,71 +199,74 @@ def run_prepare(cfg: Config, spark: SparkSession) -> dict:
             train_parsed, test_parsed, synthetic = _read_source(spark, cfg, fmt)
             checked = check_rows(train_parsed.df, cfg.data).persist(StorageLevel.MEMORY_AND_DISK)
             cached.append(checked)
-            n_valid, reasons = count_reasons(checked)
-            total = n_valid + sum(reasons.values())
-            rejected = rejected_rows(checked)
-            blank = train_parsed.n_blank_lines
+            counts = count_reasons(checked)
+            rejected = rejected_rows(checked, train_parsed.raw)
             test_valid = None
             if test_parsed is not None:
                 test_checked = reject_test_pairs_in_train(
                     check_rows(test_parsed.df, cfg.data), valid_rows(checked)
                 ).persist(StorageLevel.MEMORY_AND_DISK)
                 cached.append(test_checked)
-                n_valid_test, test_reasons = count_reasons(test_checked)
-                total += n_valid_test + sum(test_reasons.values())
-                for r, n in test_reasons.items():
-                    reasons[r] = reasons.get(r, 0) + n
-                reasons = dict(sorted(reasons.items()))
-                rejected = rejected.unionByName(rejected_rows(test_checked))
-                blank += test_parsed.n_blank_lines
+                counts = counts + count_reasons(test_checked)
+                rejected = rejected.unionByName(rejected_rows(test_checked, test_parsed.raw))
                 test_valid = valid_rows(test_checked)
-            if total == 0:
-                raise InputError(f"no ratings found in {', '.join(paths)}; check the path and format")
-            examples = [r.asDict() for r in rejected.limit(5).collect()] if reasons else []
-            _fail_on_rejections(total, reasons, cfg.data.max_rejected_fraction, examples)
+            if counts.blank_lines:
+                log.warning("%d blank lines skipped (they hold no rating)", counts.blank_lines)
+            if counts.total == 0:
+                where = ", ".join(p for p, _ in paths) or "the synthetic source"
+                raise InputError(f"no ratings found in {where}; check the path and data.format")
+            _fail_on_rejections(counts, cfg.data.max_rejected_fraction, rejected)
             timings["read_validate_seconds"] = time.time() - t
 
             t = time.time()
             if test_valid is None:
-                assigned = assign_test(valid_rows(checked), cfg.split).persist(
-                    StorageLevel.MEMORY_AND_DISK
-                )
-                cached.append(assigned)
-                train_raw = assigned.where(~F.col("_is_test")).drop("_is_test")
-                test_raw = assigned.where(F.col("_is_test")).drop("_is_test")
+                rated = assign_test(valid_rows(checked), cfg.split, counts.valid_without_timestamp)
+                if cfg.split.method != "random":  # a per-user window: compute it once
+                    rated = rated.persist(StorageLevel.MEMORY_AND_DISK)
+                    cached.append(rated)
             else:
-                train_raw, test_raw = valid_rows(checked), test_valid
-            train, test, users, items = index_and_flag(spark, train_raw, test_raw)
-            cached += [users, items]
-            stage.write(train, C.PREPARED_TRAIN)
-            stage.write(test, C.PREPARED_TEST)
-            stage.write(users, C.PREPARED_USERS)
-            stage.write(items, C.PREPARED_ITEMS)
-            stage.write(rejected.coalesce(1), C.PREPARED_REJECTED)
+                rated = (
+                    valid_rows(checked)
+                    .withColumn(IS_TEST, F.lit(False))
+                    .unionByName(test_valid.withColumn(IS_TEST, F.lit(True)))
+                )
+            ix = index_and_flag(spark, rated)
+            cached.append(ix.cached)
+            stage.write(ix.train, C.PREPARED_TRAIN)
+            stage.write(ix.test, C.PREPARED_TEST)
+            stage.write(ix.users, C.PREPARED_USERS)
+            stage.write(ix.items, C.PREPARED_ITEMS)
+            # One file; with no rejections an empty dataset with the schema, without a scan.
+            stage.write(
+                rejected.repartition(1) if counts.n_rejected else rejected.limit(0),
+                C.PREPARED_REJECTED,
+            )
             if synthetic is not None:
-                write_truth(stage, synthetic, users, items)
+                write_truth(stage, synthetic, ix.users, ix.items)
             timings["split_index_write_seconds"] = time.time() - t
 
-            read = lambda name: spark.read.parquet(stage.path(name))  # noqa: E731
-            test_w = read(C.PREPARED_TEST)
+            # Counts of what was written (parquet scans of two columns).
+            id_type = train_parsed.id_type
+            train_w = spark.read.schema(C.ratings_schema(id_type)).parquet(stage.path(C.PREPARED_TRAIN))
+            test_w = spark.read.schema(C.test_schema(id_type)).parquet(stage.path(C.PREPARED_TEST))
             cold = test_w.agg(
                 F.count(F.lit(1)).alias("n"),
-                F.sum(F.col(C.COLD_USER).cast("long")).alias("cold_user"),
-                F.sum(F.col(C.COLD_ITEM).cast("long")).alias("cold_item"),
-                F.sum((F.col(C.COLD_USER) | F.col(C.COLD_ITEM)).cast("long")).alias("cold_any"),
+                F.count_if(F.col(C.COLD_USER)).alias("cold_user"),
+                F.count_if(F.col(C.COLD_ITEM)).alias("cold_item"),
+                F.count_if(F.col(C.COLD_USER) | F.col(C.COLD_ITEM)).alias("cold_any"),
             ).first()
-            counts = {
-                "input_rows": total,
-                "blank_lines_skipped": blank,
-                "valid": total - sum(reasons.values()),
-                "rejected": sum(reasons.values()),
-                "train": read(C.PREPARED_TRAIN).count(),
+            summary = {
+                "input_rows": counts.total,
+                "blank_lines_skipped": counts.blank_lines,
+                "valid": counts.valid,
+                "rejected": counts.n_rejected,
+                "train": train_w.count(),
                 "test": int(cold["n"]),
-                "test_cold_user": int(cold["cold_user"] or 0),
-                "test_cold_item": int(cold["cold_item"] or 0),
-                "test_cold_any": int(cold["cold_any"] or 0),
-                "users": read(C.PREPARED_USERS).count(),
-                "items": read(C.PREPARED_ITEMS).count(),
+                "test_cold_user": int(cold["cold_user"]),
+                "test_cold_item": int(cold["cold_item"]),
+                "test_cold_any": int(cold["cold_any"]),
+                "users": ix.n_users,
+                "items": ix.n_items,
             }
     finally:
         for df in cached:
@@ -226,65 +278,82 @@ def run_prepare(cfg: Config, spark: SparkSession) -> dict:
         "input": (
             {"synthetic": synthetic.metadata}
             if synthetic is not None
-            else input_fingerprint(spark, paths)
+            else input_fingerprint(spark, [p for p, _ in paths])
         ),
-        "counts": counts,
-        "rejected_by_reason": reasons,
+        "counts": summary,
+        "rejected_by_reason": counts.rejected,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     update_manifest(spark, out, "prepare", entry, cfg)
     log.info(
         "prepared %s ratings (%s users x %s items): train %s, test %s (cold user %s, cold item %s); "
         "rejected %s; %.1f s",
-        f"{counts['valid']:,}",
-        f"{counts['users']:,}",
-        f"{counts['items']:,}",
-        f"{counts['train']:,}",
-        f"{counts['test']:,}",
-        f"{counts['test_cold_user']:,}",
-        f"{counts['test_cold_item']:,}",
-        f"{counts['rejected']:,}",
+        f"{summary['valid']:,}",
+        f"{summary['users']:,}",
+        f"{summary['items']:,}",
+        f"{summary['train']:,}",
+        f"{summary['test']:,}",
+        f"{summary['test_cold_user']:,}",
+        f"{summary['test_cold_item']:,}",
+        f"{summary['rejected']:,}",
         timings["total_seconds"],
     )
     return entry
 
 
-def index_and_flag(
-    spark: SparkSession, train_raw: DataFrame, test_raw: DataFrame
-) -> tuple[DataFrame, DataFrame, DataFrame, DataFrame]:
+USERS, ITEMS = "users", "items"
+
+
+@dataclass
+class Indexed:
+    """Indexed train and test rows (lazy) and the entity tables (read from ``cached``)."""
+
+    train: DataFrame
+    test: DataFrame
+    users: DataFrame
+    items: DataFrame
+    n_users: int
+    n_items: int
+    cached: DataFrame
+
+
+def index_and_flag(spark: SparkSession, rated: DataFrame) -> Indexed:
     """Index ids over train ∪ test, count train ratings per entity, flag cold test rows.
 
-    Returns (train, test, users, items); users/items are cached (small).
+    ``rated`` holds every valid rating with the boolean :data:`~mfspark.splits.IS_TEST`.
+    Indices are ranks of the ids (:func:`~mfspark.indexing.rank_ids_by_group`), so they do not depend
+    on the split's partitioning; ``n_train`` is the entity's number of train ratings.
     """
     n_parts = spark.sparkContext.defaultParallelism
-    both = train_raw.select(C.USER_ID, C.ITEM_ID).unionByName(test_raw.select(C.USER_ID, C.ITEM_ID))
-    user_index = dense_index(both, C.USER_ID, C.USER_IDX, n_parts)
-    item_index = dense_index(both, C.ITEM_ID, C.ITEM_IDX, n_parts)
+    # Users and items are ranked in one pass: (side, id) rows, each side numbered from 0.
+    sides = {USERS: (C.USER_ID, C.USER_IDX), ITEMS: (C.ITEM_ID, C.ITEM_IDX)}
+    both = F.array(
+        *[
+            F.struct(F.lit(s).alias("_side"), F.col(id_col).alias("_id"))
+            for s, (id_col, _) in sides.items()
+        ]
+    )
+    ids = rated.select(F.inline(both), IS_TEST)  # one scan of the ratings for both sides
+    entities = ids.groupBy("_side", "_id").agg(F.count_if(~F.col(IS_TEST)).cast("long").alias(C.N_TRAIN))
+    index, counts = rank_ids_by_group(entities, "_side", "_id", "_idx", n_parts)
 
-    def with_counts(index: DataFrame, id_col: str) -> DataFrame:
-        counts = train_raw.groupBy(id_col).agg(F.count(F.lit(1)).alias(C.N_TRAIN))
-        out = (
-            index.join(counts, id_col, "left")
-            .select(
-                id_col,
-                index.columns[1],
-                F.coalesce(F.col(C.N_TRAIN), F.lit(0)).cast("long").alias(C.N_TRAIN),
-            )
-            .cache()
+    def table(side: str) -> DataFrame:
+        id_col, idx_col = sides[side]
+        return index.where(F.col("_side") == side).select(
+            F.col("_id").alias(id_col), F.col("_idx").alias(idx_col), C.N_TRAIN
         )
-        out.count()
-        return out
 
-    users = with_counts(user_index, C.USER_ID)
-    items = with_counts(item_index, C.ITEM_ID)
-    user_index.unpersist()
-    item_index.unpersist()
+    users, items = table(USERS), table(ITEMS)
+    n_users, n_items = counts.get(USERS, 0), counts.get(ITEMS, 0)
 
-    item_side = items.withColumnRenamed(C.N_TRAIN, "items_n")
+    def lookup(entity: DataFrame, n: int, id_col: str, idx_col: str, n_col: str) -> DataFrame:
+        lookup = entity.select(id_col, idx_col, F.col(C.N_TRAIN).alias(n_col))
+        # Entity tables fit in memory for any realistic size: ship them instead of shuffling.
+        return F.broadcast(lookup) if n <= _BROADCAST_ENTITIES else lookup
 
-    def indexed(df: DataFrame) -> DataFrame:
-        return df.join(_maybe_broadcast(users), C.USER_ID).join(_maybe_broadcast(item_side), C.ITEM_ID)
-
+    indexed = rated.join(lookup(users, n_users, C.USER_ID, C.USER_IDX, "_nu"), C.USER_ID).join(
+        lookup(items, n_items, C.ITEM_ID, C.ITEM_IDX, "_ni"), C.ITEM_ID
+    )
     cols = [
         C.USER_ID,
         C.ITEM_ID,
@@ -293,40 +362,31 @@ def index_and_flag(
         F.col(C.RATING).cast("double").alias(C.RATING),
         F.col(C.TIMESTAMP).cast("long").alias(C.TIMESTAMP),
     ]
-    train = indexed(train_raw).select(*cols)
-    # Cold flags come from the entity tables' train counts.
-    test = (
-        indexed(test_raw)
-        .select(*cols, F.col(C.N_TRAIN).alias("_nu"), F.col("items_n").alias("_ni"))
-        .select(
-            C.USER_ID,
-            C.ITEM_ID,
-            C.USER_IDX,
-            C.ITEM_IDX,
-            C.RATING,
-            C.TIMESTAMP,
-            (F.col("_nu") == 0).alias(C.COLD_USER),
-            (F.col("_ni") == 0).alias(C.COLD_ITEM),
-        )
+    train = indexed.where(~F.col(IS_TEST)).select(*cols)
+    # Cold: the user (item) has no train rating at all.
+    test = indexed.where(F.col(IS_TEST)).select(
+        *cols, (F.col("_nu") == 0).alias(C.COLD_USER), (F.col("_ni") == 0).alias(C.COLD_ITEM)
     )
-    return train, test, users, items
+    return Indexed(train, test, users, items, n_users, n_items, index)
 
 
-def _maybe_broadcast(entities: DataFrame, limit: int = 2_000_000) -> DataFrame:
-    """Broadcast-join the (cached) entity table when it is small enough to ship everywhere."""
-    return F.broadcast(entities) if entities.count() <= limit else entities
+_BROADCAST_ENTITIES = 2_000_000
 
 
 def write_truth(stage, synthetic, users: DataFrame, items: DataFrame) -> None:
-    """Write the planted model in the model layout (ids, idx, bias, factors, metadata)."""
+    """Write the planted model in the model layout (ids, idx, bias, factors, n_train, metadata).
+
+    Planted entities without any rating have a null idx and n_train 0; loading the truth
+    as a model (:meth:`mfspark.als.model.ALSModel.load`) skips them.
+    """
     spark = users.sparkSession
-    stage.write(
-        synthetic.user_truth.join(users.select(C.USER_ID, C.USER_IDX), C.USER_ID, "left"),
-        f"{C.SYNTHETIC_TRUTH}/user_factors",
-    )
-    stage.write(
-        synthetic.item_truth.join(items.select(C.ITEM_ID, C.ITEM_IDX), C.ITEM_ID, "left"),
-        f"{C.SYNTHETIC_TRUTH}/item_factors",
-    )
+    for truth, index, id_col, idx_col, name in (
+        (synthetic.user_truth, users, C.USER_ID, C.USER_IDX, "user_factors"),
+        (synthetic.item_truth, items, C.ITEM_ID, C.ITEM_IDX, "item_factors"),
+    ):
+        table = truth.join(index.select(id_col, idx_col, C.N_TRAIN), id_col, "left").withColumn(
+            C.N_TRAIN, F.coalesce(F.col(C.N_TRAIN), F.lit(0))
+        )
+        stage.write(table, f"{C.SYNTHETIC_TRUTH}/{name}")
     meta = {k: (float(v) if isinstance(v, float) else v) for k, v in synthetic.metadata.items()}
     stage.write(spark.createDataFrame([meta]).coalesce(1), f"{C.SYNTHETIC_TRUTH}/metadata")

@@ -7,19 +7,26 @@ synthetic sources are already typed. Every reader yields the same columns:
 
 * ``user_id``, ``item_id`` (long or string), ``rating`` (double), ``timestamp`` (long) —
   null where the field could not be parsed;
-* ``raw_user``, ``raw_item``, ``raw_rating``, ``raw_timestamp`` (string, as read), ``line``
-  (the whole input line, text formats only) and ``source`` (the file);
-* ``parse_error``: the rejection reason found while parsing (or null).
+* ``line`` (the whole input line, text formats only) and ``source`` (the file);
+* ``parse_error``: the rejection reason found while parsing (or null); a blank line is kept
+  with :data:`BLANK_LINE` so that it is counted (and reported) in the same pass as the
+  rejections, but it is not a rejected rating.
+
+The fields as read (``raw_user``, ``raw_item``, ``raw_rating``, ``raw_timestamp``) are not
+carried along: :attr:`ParsedRatings.raw` holds expressions that recompute them from ``line``
+(text) or from the typed columns (parquet, synthetic), applied to the few rejected rows only.
+That keeps the rows that are shuffled and cached during validation small.
 
 Validation (:mod:`mfspark.validation`) then applies the checks common to all formats.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -34,6 +41,10 @@ log = logging.getLogger(__name__)
 RAW_COLS = ("raw_user", "raw_item", "raw_rating", "raw_timestamp")
 PARSE_ERROR = "parse_error"
 SOURCE = "source"
+# parse_error of a blank line: counted and logged, never a rejected rating.
+BLANK_LINE = "blank_line"
+PARSED_COLS = (C.USER_ID, C.ITEM_ID, C.RATING, C.TIMESTAMP, C.LINE, SOURCE, PARSE_ERROR)
+TEXT_FORMATS = ("movielens-100k", "movielens-dat", "movielens-csv", "csv")
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,10 @@ class TextFormat:
     item: str = "item_id"
     rating: str = "rating"
     timestamp: str | None = "timestamp"
+    # A line matching this (case-insensitive) is a header line, not a rating.
+    header_pattern: str | None = None
+    # Fields may be "quoted" (CSV).
+    quoted: bool = False
 
 
 MOVIELENS_100K = TextFormat("\t", ("user_id", "item_id", "rating", "timestamp"), False, True)
@@ -59,15 +74,29 @@ MOVIELENS_CSV = TextFormat(
     True,
     user="userId",
     item="movieId",
+    # Recognised without reading the file first: every ratings.csv starts with this header.
+    header_pattern=r"(?i)^\W*userId\W*,\W*movieId\W*,",
 )
 _INTEGER = r"^[+-]?\d+$"
 
 
+def _typed_raw() -> dict[str, Column]:
+    """Fields "as read" of an already typed source: its values as strings."""
+    return {
+        "raw_user": F.col(C.USER_ID).cast("string"),
+        "raw_item": F.col(C.ITEM_ID).cast("string"),
+        "raw_rating": F.col(C.RATING).cast("string"),
+        "raw_timestamp": F.col(C.TIMESTAMP).cast("string"),
+    }
+
+
 @dataclass
 class ParsedRatings:
+    """Parsed input rows (:data:`PARSED_COLS`) and how to recompute the raw fields."""
+
     df: DataFrame
     id_type: T.DataType
-    n_blank_lines: int = 0
+    raw: dict[str, Column] = field(default_factory=_typed_raw)
 
 
 def detect_format(data: DataConfig) -> str:
@@ -91,6 +120,41 @@ def detect_format(data: DataConfig) -> str:
     )
 
 
+def _is_hidden(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+def check_local_input(path: str, key: str = "data.path") -> None:
+    """The checks of :func:`check_input_path` on the local file system, without Spark.
+
+    Jobs run them before starting Spark so that a wrong path fails at once, in one line.
+    """
+    if not path:
+        raise InputError(f"{key} is empty; set it to a ratings file or directory")
+    local = path[len("file:") :] if path.startswith("file:") else path
+    if local.startswith("//"):  # file:///x
+        local = "/" + local.lstrip("/")
+    matches = sorted(glob.glob(local)) if glob.has_magic(local) else [local]
+    matches = [m for m in matches if os.path.exists(m)]
+    if not matches:
+        raise InputError(f"input not found: {path} ({key}); check the path")
+    files = []
+    for m in matches:
+        if os.path.isdir(m):
+            for root, dirs, names in os.walk(m):
+                dirs[:] = [d for d in dirs if not _is_hidden(d)]
+                files += [os.path.join(root, n) for n in names if not _is_hidden(n)]
+        else:
+            files.append(m)
+    if not files:
+        raise InputError(f"input has no data files: {path} ({key})")
+    unreadable = [f for f in files if not os.access(f, os.R_OK)]
+    if unreadable:
+        raise InputError(f"input is not readable: {unreadable[0]} ({key}); check its permissions")
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise InputError(f"input is empty: {path} ({key})")
+
+
 def check_input_path(spark: SparkSession, path: str, key: str = "data.path") -> None:
     """Fail in one line when ``path`` is missing or holds no data files."""
     from mfspark.io import HadoopFS
@@ -98,16 +162,21 @@ def check_input_path(spark: SparkSession, path: str, key: str = "data.path") -> 
     if not path:
         raise InputError(f"{key} is empty; set it to a ratings file or directory")
     fs = HadoopFS(spark)
-    if not fs.exists(path):
+    matches = fs.glob(path) if glob.has_magic(path) else [path] if fs.exists(path) else []
+    if not matches:
         raise InputError(f"input not found: {path} ({key}); check the path")
-    files = fs.file_status(path)
+    files = [f for m in matches for f in fs.file_status(m)]
     if not files:
         raise InputError(f"input has no data files: {path} ({key})")
     if all(size == 0 for _, size, _ in files):
         raise InputError(f"input is empty: {path} ({key})")
 
 
-def _text_format(data: DataConfig, fmt: str, spark: SparkSession, path: str) -> TextFormat:
+def _split_header(text: str, delimiter: str) -> tuple[str, ...]:
+    return tuple(f.strip().strip('"') for f in text.lstrip("\ufeff").split(delimiter))
+
+
+def _text_format(data: DataConfig, fmt: str, header_text: str | None, path: str) -> TextFormat:
     if fmt == "movielens-100k":
         return MOVIELENS_100K
     if fmt == "movielens-dat":
@@ -115,13 +184,7 @@ def _text_format(data: DataConfig, fmt: str, spark: SparkSession, path: str) -> 
     if fmt == "movielens-csv":
         return MOVIELENS_CSV
     # generic csv
-    if data.header:
-        first = spark.read.text(path).first()
-        if first is None:
-            raise InputError(f"input is empty: {path}")
-        fields = tuple(f.strip().strip('"') for f in first[0].split(data.delimiter))
-    else:
-        fields = tuple(data.columns)
+    fields = _split_header(header_text, data.delimiter) if data.header else tuple(data.columns)
     wanted = [data.user_col, data.item_col, data.rating_col] + (
         [data.timestamp_col] if data.timestamp_col else []
     )
@@ -141,45 +204,76 @@ def _text_format(data: DataConfig, fmt: str, spark: SparkSession, path: str) -> 
         item=data.item_col,
         rating=data.rating_col,
         timestamp=data.timestamp_col or None,
+        quoted=True,
     )
+
+
+def _clean(value: Column, fmt: TextFormat) -> Column:
+    """A field as read: trimmed, unquoted (CSV formats), null when empty."""
+    value = F.trim(value)
+    if fmt.quoted:
+        quoted = value.startswith('"') & value.endswith('"') & (F.length(value) >= 2)
+        value = F.when(quoted, value.substr(F.lit(2), F.length(value) - 2)).otherwise(value)
+    return F.nullif(value, F.lit(""))
 
 
 def _field(fields_col: Column, fmt: TextFormat, name: str | None) -> Column:
     if name is None:
         return F.lit(None).cast("string")
-    value = F.trim(F.get(fields_col, fmt.fields.index(name)))
-    value = F.regexp_replace(value, r'^"(.*)"$', "$1")  # "quoted" fields
-    return F.when(value == "", None).otherwise(value)
+    return _clean(F.get(fields_col, fmt.fields.index(name)), fmt)
 
 
 def read_text_ratings(spark: SparkSession, data: DataConfig, fmt_name: str, path: str) -> ParsedRatings:
-    fmt = _text_format(data, fmt_name, spark, path)
+    """Parse a delimited text input line by line (see the module docstring)."""
     lines = spark.read.text(path).select(
         F.col("value").alias(C.LINE), F.col("_metadata.file_path").alias(SOURCE)
     )
-    if fmt.header:
-        header_line = lines.first()
-        header_text = header_line[C.LINE] if header_line else None
+    header_text = None
+    if fmt_name == "csv" and data.header:
+        first = lines.select(C.LINE).first()  # one small job: the field names are needed now
+        if first is None:
+            raise InputError(f"input is empty: {path}")
+        header_text = first[C.LINE]
+    fmt = _text_format(data, fmt_name, header_text, path)
+    if header_text is not None:
+        # Every file of a directory starts with the same header.
         lines = lines.where(F.col(C.LINE) != F.lit(header_text))
-    is_blank = F.trim(F.col(C.LINE)) == ""
-    n_blank = lines.where(is_blank).count()
-    if n_blank:
-        log.warning("%d blank lines in %s skipped (they hold no rating)", n_blank, path)
-    lines = lines.where(~is_blank)
-    pattern = re.escape(fmt.delimiter)
-    parts = F.split(F.col(C.LINE), pattern, -1)
-    df = lines.select(
+    elif fmt.header_pattern is not None:
+        lines = lines.where(~F.col(C.LINE).rlike(fmt.header_pattern))
+
+    split_line = F.split(F.col(C.LINE), re.escape(fmt.delimiter), -1)
+    # Recomputed from `line` for the rejected rows only (prepared/rejected).
+    raw = {
+        "raw_user": _field(split_line, fmt, fmt.user),
+        "raw_item": _field(split_line, fmt, fmt.item),
+        "raw_rating": _field(split_line, fmt, fmt.rating),
+        "raw_timestamp": _field(split_line, fmt, fmt.timestamp),
+    }
+    # The parse proper, one step per select so that each value is computed once per line
+    # (Spark keeps a select separate when inlining it would repeat a costly expression).
+    df = lines.select(C.LINE, SOURCE, split_line.alias("_parts"))
+    positions = {
+        name: fmt.fields.index(field) if field is not None else None
+        for name, field in zip(RAW_COLS, (fmt.user, fmt.item, fmt.rating, fmt.timestamp), strict=True)
+    }
+    df = df.select(
         C.LINE,
         SOURCE,
-        F.size(parts).alias("_n_fields"),
-        _field(parts, fmt, fmt.user).alias("raw_user"),
-        _field(parts, fmt, fmt.item).alias("raw_item"),
-        _field(parts, fmt, fmt.rating).alias("raw_rating"),
-        _field(parts, fmt, fmt.timestamp).alias("raw_timestamp"),
+        (F.trim(F.col(C.LINE)) == "").alias("_blank"),
+        F.size("_parts").alias("_n_fields"),
+        *[
+            (F.get(F.col("_parts"), pos) if pos is not None else F.lit(None).cast("string")).alias(name)
+            for name, pos in positions.items()
+        ],
     )
-    if fmt.integer_ids or data.id_type == "long" and fmt_name == "csv":
+    df = df.select(
+        C.LINE, SOURCE, "_blank", "_n_fields", *[_clean(F.col(c), fmt).alias(c) for c in RAW_COLS]
+    )
+    if fmt.integer_ids:
         id_type: T.DataType = T.LongType()
     elif fmt_name == "csv" and data.id_type == "auto":
+        # Long ids when every well-formed line has integer ids: one scan, stopped at the first
+        # non-integer id.
         non_integer = (
             df.where(
                 (F.col("_n_fields") == len(fmt.fields))
@@ -198,28 +292,26 @@ def read_text_ratings(spark: SparkSession, data: DataConfig, fmt_name: str, path
             return F.when(F.col(col).rlike(_INTEGER), F.col(col).try_cast("long"))
         return F.col(col)
 
-    rating = F.col("raw_rating").try_cast("double")
-    timestamp = F.when(F.col("raw_timestamp").rlike(_INTEGER), F.col("raw_timestamp").try_cast("long"))
-    bad_number = (
-        (F.col("raw_user").isNotNull() & parse_id("raw_user").isNull())
-        | (F.col("raw_item").isNotNull() & parse_id("raw_item").isNull())
-        | (F.col("raw_rating").isNotNull() & rating.isNull())
-        | (F.col("raw_timestamp").isNotNull() & timestamp.isNull())
+    typed = {
+        C.USER_ID: parse_id("raw_user"),
+        C.ITEM_ID: parse_id("raw_item"),
+        C.RATING: F.col("raw_rating").try_cast("double"),
+        C.TIMESTAMP: F.when(
+            F.col("raw_timestamp").rlike(_INTEGER), F.col("raw_timestamp").try_cast("long")
+        ),
+    }
+    df = df.select("*", *[expr.alias(name) for name, expr in typed.items()])
+    # A field that is there but did not parse.
+    bad_number = F.lit(False)
+    for raw_col, col in zip(RAW_COLS, typed, strict=True):
+        bad_number = bad_number | (F.col(raw_col).isNotNull() & F.col(col).isNull())
+    parse_error = (
+        F.when(F.col("_blank"), F.lit(BLANK_LINE))
+        .when(F.col("_n_fields") != len(fmt.fields), F.lit(C.REASON_WRONG_FIELD_COUNT))
+        .when(bad_number, F.lit(C.REASON_BAD_NUMBER))
     )
-    parse_error = F.when(F.col("_n_fields") != len(fmt.fields), F.lit(C.REASON_WRONG_FIELD_COUNT)).when(
-        bad_number, F.lit(C.REASON_BAD_NUMBER)
-    )
-    df = df.select(
-        parse_id("raw_user").alias(C.USER_ID),
-        parse_id("raw_item").alias(C.ITEM_ID),
-        rating.alias(C.RATING),
-        timestamp.alias(C.TIMESTAMP),
-        *RAW_COLS,
-        C.LINE,
-        SOURCE,
-        parse_error.alias(PARSE_ERROR),
-    )
-    return ParsedRatings(df, id_type, n_blank)
+    df = df.select(*typed, C.LINE, SOURCE, parse_error.alias(PARSE_ERROR))
+    return ParsedRatings(df, id_type, raw)
 
 
 def read_parquet_ratings(spark: SparkSession, data: DataConfig, path: str) -> ParsedRatings:
@@ -256,8 +348,12 @@ def read_parquet_ratings(spark: SparkSession, data: DataConfig, path: str) -> Pa
     ts_col = names["timestamp"]
     if ts_col is None:
         timestamp = F.lit(None).cast("long")
-    elif isinstance(fields[ts_col], (T.TimestampType, T.TimestampNTZType, T.DateType)):
-        timestamp = F.unix_timestamp(F.col(ts_col).cast("timestamp"))
+    elif isinstance(fields[ts_col], T.TimestampType):
+        timestamp = F.unix_seconds(F.col(ts_col))
+    elif isinstance(fields[ts_col], (T.TimestampNTZType, T.DateType)):
+        # A time without zone is read as UTC, whatever the session time zone.
+        epoch = F.lit("1970-01-01 00:00:00").cast("timestamp_ntz")
+        timestamp = F.timestamp_diff("SECOND", epoch, F.col(ts_col).cast("timestamp_ntz"))
     elif isinstance(fields[ts_col], integral):
         timestamp = F.col(ts_col).cast("long")
     else:
@@ -272,31 +368,30 @@ def read_parquet_ratings(spark: SparkSession, data: DataConfig, path: str) -> Pa
         timestamp.alias(C.TIMESTAMP),
         F.col("_metadata.file_path").alias(SOURCE),
     )
-    return ParsedRatings(with_raw_from_typed(typed), id_type)
+    return ParsedRatings(from_typed(typed), id_type)
 
 
-def with_raw_from_typed(df: DataFrame) -> DataFrame:
-    """Add the raw/line/parse_error columns to an already typed source."""
+def from_typed(df: DataFrame) -> DataFrame:
+    """The parsed layout (:data:`PARSED_COLS`) of an already typed source."""
     return df.select(
         C.USER_ID,
         C.ITEM_ID,
         C.RATING,
         C.TIMESTAMP,
-        F.col(C.USER_ID).cast("string").alias("raw_user"),
-        F.col(C.ITEM_ID).cast("string").alias("raw_item"),
-        F.col(C.RATING).cast("string").alias("raw_rating"),
-        F.col(C.TIMESTAMP).cast("string").alias("raw_timestamp"),
         F.lit(None).cast("string").alias(C.LINE),
         (F.col(SOURCE) if SOURCE in df.columns else F.lit(None).cast("string")).alias(SOURCE),
         F.lit(None).cast("string").alias(PARSE_ERROR),
     )
 
 
-def read_ratings(spark: SparkSession, data: DataConfig, path: str, fmt: str) -> ParsedRatings:
-    """Read one ratings input of format ``fmt`` (not synthetic)."""
-    check_input_path(spark, path, "data.test_path" if path == data.test_path else "data.path")
+def read_ratings(
+    spark: SparkSession, data: DataConfig, path: str, fmt: str, check: bool = True
+) -> ParsedRatings:
+    """Read one ratings input of format ``fmt`` (not synthetic); ``check`` its path first."""
+    if check:
+        check_input_path(spark, path, "data.test_path" if path == data.test_path else "data.path")
     if fmt == "parquet":
         return read_parquet_ratings(spark, data, path)
-    if fmt in ("movielens-100k", "movielens-dat", "movielens-csv", "csv"):
+    if fmt in TEXT_FORMATS:
         return read_text_ratings(spark, data, fmt, path)
     raise ConfigError(f"data.format {fmt!r} has no file reader")  # pragma: no cover

@@ -24,6 +24,8 @@ from mfspark.config import SplitConfig
 from mfspark.errors import InputError
 
 _MANTISSA = (1 << 53) - 1
+# Boolean column added by :func:`assign_test`: the rating is held out.
+IS_TEST = "_is_test"
 
 
 def unit_hash(*cols: Column) -> Column:
@@ -42,16 +44,22 @@ def _per_user_split(df: DataFrame, cfg: SplitConfig, order: list[Column]) -> Col
     return rank <= n_test
 
 
-def assign_test(df: DataFrame, cfg: SplitConfig) -> DataFrame:
-    """Add a boolean ``_is_test`` column according to ``split.method``."""
+def assign_test(df: DataFrame, cfg: SplitConfig, n_without_timestamp: int | None = None) -> DataFrame:
+    """Add a boolean ``_is_test`` column according to ``split.method``.
+
+    ``n_without_timestamp`` (rows of ``df`` whose timestamp is null) saves the ``time`` split a
+    pass over ``df`` when the caller already knows it.
+    """
     u = unit_hash(F.col(C.USER_ID), F.col(C.ITEM_ID), F.lit(cfg.seed))
     if cfg.method == "random":
-        return df.withColumn("_is_test", u < F.lit(cfg.test_fraction))
+        return df.withColumn(IS_TEST, u < F.lit(cfg.test_fraction))
     df = df.withColumn("_u", u)
     if cfg.method == "user":
         is_test = _per_user_split(df, cfg, [F.col("_u"), F.col(C.ITEM_ID)])
     elif cfg.method == "time":
-        missing = df.where(F.col(C.TIMESTAMP).isNull()).count()
+        missing = n_without_timestamp
+        if missing is None:
+            missing = df.where(F.col(C.TIMESTAMP).isNull()).count()
         if missing:
             raise InputError(
                 f'split.method = "time" needs a timestamp on every rating, but {missing} '
@@ -60,7 +68,7 @@ def assign_test(df: DataFrame, cfg: SplitConfig) -> DataFrame:
         is_test = _per_user_split(df, cfg, [F.col(C.TIMESTAMP).desc(), F.col("_u"), F.col(C.ITEM_ID)])
     else:  # pragma: no cover - predefined is split by files, validated by the config
         raise ValueError(cfg.method)
-    return df.withColumn("_is_test", is_test).drop("_u")
+    return df.withColumn(IS_TEST, is_test).drop("_u")
 
 
 def split(df: DataFrame, cfg: SplitConfig) -> tuple[DataFrame, DataFrame]:
@@ -70,6 +78,6 @@ def split(df: DataFrame, cfg: SplitConfig) -> tuple[DataFrame, DataFrame]:
     come from the same ``_is_test`` column, so they are disjoint and cover ``df``.
     """
     assigned = assign_test(df, cfg)
-    train = assigned.where(~F.col("_is_test")).drop("_is_test")
-    test = assigned.where(F.col("_is_test")).drop("_is_test")
+    train = assigned.where(~F.col(IS_TEST)).drop(IS_TEST)
+    test = assigned.where(F.col(IS_TEST)).drop(IS_TEST)
     return train, test

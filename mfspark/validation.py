@@ -17,22 +17,28 @@ Checks, in order (a row gets the first reason that applies):
 ``test_pair_in_train``    (predefined splits) a test row whose pair is also in the train
                           file: scoring it would leak the answer
 ========================  ==========================================================
+
+Blank lines are neither valid nor rejected: they are counted (``blank_lines_skipped``) and
+logged.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from mfspark import columns as C
 from mfspark.config import DataConfig
-from mfspark.readers import PARSE_ERROR, SOURCE
+from mfspark.readers import BLANK_LINE, PARSE_ERROR, RAW_COLS, SOURCE
 
 VALID_COLS = (C.USER_ID, C.ITEM_ID, C.RATING, C.TIMESTAMP)
 
 
 def row_reason(data: DataConfig) -> Column:
-    """The first per-row rejection reason, or null for a row that passes."""
+    """The first per-row rejection reason (or :data:`BLANK_LINE`), null for a row that passes."""
     rating = F.col(C.RATING)
     return (
         F.when(F.col(PARSE_ERROR).isNotNull(), F.col(PARSE_ERROR))
@@ -49,7 +55,7 @@ def row_reason(data: DataConfig) -> Column:
 
 def check_rows(parsed: DataFrame, data: DataConfig) -> DataFrame:
     """Add ``reason`` (null when valid) to every parsed row, duplicates included."""
-    with_reason = parsed.withColumn(C.REASON, row_reason(data))
+    with_reason = parsed.withColumn(C.REASON, row_reason(data)).drop(PARSE_ERROR)
     # One window pass: valid rows of the same pair are ranked newest first. Invalid rows sit
     # in groups of their own (the reason is part of the key) and are never ranked.
     latest_first = Window.partitionBy(C.USER_ID, C.ITEM_ID, C.REASON).orderBy(
@@ -75,21 +81,60 @@ def valid_rows(checked: DataFrame) -> DataFrame:
     return checked.where(F.col(C.REASON).isNull()).select(*VALID_COLS)
 
 
-def rejected_rows(checked: DataFrame) -> DataFrame:
-    """Rejected rows as read (strings) with their reason: the ``prepared/rejected`` layout."""
-    return checked.where(F.col(C.REASON).isNotNull()).select(
-        F.col("raw_user").alias(C.USER_ID),
-        F.col("raw_item").alias(C.ITEM_ID),
-        F.col("raw_rating").alias(C.RATING),
-        F.col("raw_timestamp").alias(C.TIMESTAMP),
+def rejected_rows(checked: DataFrame, raw: Mapping[str, Column]) -> DataFrame:
+    """Rejected rows as read (strings) with their reason: the ``prepared/rejected`` layout.
+
+    ``raw`` are the reader's expressions for the fields as read
+    (:attr:`mfspark.readers.ParsedRatings.raw`); they run on the rejected rows only.
+    """
+    return checked.where(F.col(C.REASON).isNotNull() & (F.col(C.REASON) != BLANK_LINE)).select(
+        *[raw[name].alias(col) for name, col in zip(RAW_COLS, VALID_COLS, strict=True)],
         F.col(C.LINE),
         F.col(SOURCE).alias("source"),
         F.col(C.REASON),
     )
 
 
-def count_reasons(checked: DataFrame) -> tuple[int, dict[str, int]]:
-    """(valid rows, {reason: rejected rows}) in one aggregation."""
-    counts = {r[C.REASON]: int(r["count"]) for r in checked.groupBy(C.REASON).count().collect()}
+@dataclass(frozen=True)
+class ReasonCounts:
+    """What validation found, from one aggregation over the checked rows."""
+
+    valid: int
+    rejected: dict[str, int]
+    blank_lines: int = 0
+    valid_without_timestamp: int = 0
+
+    @property
+    def n_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def total(self) -> int:
+        """Input rows that hold a rating or were rejected (blank lines excluded)."""
+        return self.valid + self.n_rejected
+
+    def __add__(self, other: ReasonCounts) -> ReasonCounts:
+        keys = sorted(set(self.rejected) | set(other.rejected))
+        return ReasonCounts(
+            self.valid + other.valid,
+            {k: self.rejected.get(k, 0) + other.rejected.get(k, 0) for k in keys},
+            self.blank_lines + other.blank_lines,
+            self.valid_without_timestamp + other.valid_without_timestamp,
+        )
+
+
+def count_reasons(checked: DataFrame) -> ReasonCounts:
+    """Valid rows, rejected rows per reason and blank lines, in one aggregation."""
+    rows = (
+        checked.groupBy(C.REASON)
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.count_if(F.col(C.TIMESTAMP).isNull()).alias("n_without_timestamp"),
+        )
+        .collect()
+    )
+    counts = {r[C.REASON]: int(r["n"]) for r in rows}
+    without_ts = {r[C.REASON]: int(r["n_without_timestamp"]) for r in rows}
     valid = counts.pop(None, 0)
-    return valid, dict(sorted(counts.items()))
+    blank = counts.pop(BLANK_LINE, 0)
+    return ReasonCounts(valid, dict(sorted(counts.items())), blank, without_ts.get(None, 0))
