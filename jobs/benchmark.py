@@ -12,6 +12,7 @@ import _bootstrap  # noqa: F401  (makes a source checkout importable)
 
 from mfspark.benchmark import run_benchmark
 from mfspark.cli import job_main
+from mfspark.pipeline import preflight_pipeline
 
 DEFAULT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "benchmark.toml"
@@ -21,4 +22,6 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     if not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", DEFAULT, *argv]
-    sys.exit(job_main("benchmark", run_benchmark, __doc__.splitlines()[0], argv))
+    sys.exit(
+        job_main("benchmark", run_benchmark, __doc__.splitlines()[0], argv, preflight=preflight_pipeline)
+    )

@@ -10,7 +10,7 @@ import sys
 import _bootstrap  # noqa: F401  (makes a source checkout importable)
 
 from mfspark.cli import job_main
-from mfspark.pipeline import run_pipeline
+from mfspark.pipeline import preflight_pipeline, run_pipeline
 
 if __name__ == "__main__":
-    sys.exit(job_main("pipeline", run_pipeline, __doc__.splitlines()[0]))
+    sys.exit(job_main("pipeline", run_pipeline, __doc__.splitlines()[0], preflight=preflight_pipeline))

@@ -32,6 +32,14 @@ def stage_function(name: str):
     return getattr(importlib.import_module(module), fn)
 
 
+def preflight_pipeline(cfg: Config) -> None:
+    """Checks that need no Spark (a missing input path fails before the JVM starts)."""
+    if "prepare" in cfg.pipeline.stages:
+        from mfspark.prepare import preflight_prepare
+
+        preflight_prepare(cfg)
+
+
 def run_pipeline(cfg: Config, spark: SparkSession) -> dict:
     started = time.time()
     results = {}
