@@ -218,7 +218,7 @@ def half_step(
     u_aug = augmented(fixed_factors, dtype)
     iu, ju, full = triangle_layout(dim)
     outer = u_aug[:, iu] * u_aug[:, ju]  # P: row j = upper triangle of ũ_j ũ_jᵀ
-    bias = fixed_bias.astype(dtype)
+    bias = fixed_bias.astype(dtype, copy=False)
     mean = dtype(global_mean)
     reg_diag = np.array([reg.reg] * k + [reg.reg_bias], dtype=np.float64)
     counts = block.counts()
@@ -231,7 +231,7 @@ def half_step(
         n = stop - start
         gram_packed = np.zeros((n, len(iu)), dtype=dtype)
         rhs = np.zeros((n, dim), dtype=dtype)
-        target_sq = np.zeros(n)
+        target_sq = 0.0  # Σ t² over the chunk: only the total is needed
         for t in range(block.n_tiles):
             a, b, ptr = block.tile(t, start, stop)
             if a == b:
@@ -239,16 +239,15 @@ def half_step(
             first = t * block.tile_width
             last = min(first + block.tile_width, n_fixed)
             cols = block.cols[a:b]
-            target = block.values[a:b].astype(dtype) - mean - bias[first:last][cols]
+            target = block.values[a:b].astype(dtype, copy=False) - mean
+            target -= bias[first:last][cols]
             shape = (n, last - first)
             pattern = sp.csr_matrix((ones[: b - a], cols, ptr), shape=shape)
             gram_packed += pattern @ outer[first:last]
             rhs += sp.csr_matrix((target, cols, ptr), shape=shape) @ u_aug[first:last]
-            t64 = target.astype(np.float64)
-            target_sq += np.bincount(
-                np.repeat(np.arange(n), np.diff(ptr)), weights=t64 * t64, minlength=n
-            )
-        system = gram_packed[:, full].astype(np.float64).reshape(n, dim, dim)
+            target_sq += float(np.einsum("i,i->", target, target, dtype=np.float64))
+        system = np.empty((n, dim, dim))
+        system.reshape(n, dim * dim)[:] = gram_packed[:, full]
         rhs64 = rhs.astype(np.float64)
         cnt = counts[start:stop]
         penalty_diag = reg.row_scale(cnt)[:, None] * reg_diag  # Λ_i, (n, dim)
@@ -267,7 +266,7 @@ def half_step(
         # w̃ᵀG w̃ = w̃ᵀb − w̃ᵀΛ w̃: the squared error costs O(k) per row, not O(k²).
         fitted = np.einsum("ni,ni->n", solution, rhs64)
         shrink = np.einsum("ni,ni->n", solution * solution, penalty_diag)
-        sse += float(np.sum(target_sq - fitted - shrink))
+        sse += target_sq - float(np.sum(fitted) + np.sum(shrink))
         factors[start:stop] = solution[:, :k]
         row_bias[start:stop] = solution[:, k]
     return HalfStepResult(
