@@ -52,6 +52,26 @@ def test_block_solver_equals_per_row_solve(scaling, width):
     assert got.sse == pytest.approx(sse, rel=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_place_product_equals_public_scipy_product(monkeypatch, dtype):
+    """half_step calls scipy's private CSR kernel to accumulate in place; its results must
+    be those of the public ``csr_matrix @ dense`` it falls back to."""
+    import mfspark.als.kernels as K
+
+    rng = np.random.default_rng(5)
+    rows, cols, vals = random_ratings(rng, 200, 90, 3000)
+    block = RatingRows.from_coo(rows, cols, vals, width=32)
+    fixed = rng.normal(0, 0.5, (90, 5)).astype(dtype)
+    fixed_bias = rng.normal(0, 0.3, 90).astype(dtype)
+    reg = Regularization(0.1, 0.05, "count")
+    fast = half_step(block, fixed, fixed_bias, 3.1, reg, dtype=dtype, chunk_rows=50)
+    monkeypatch.setattr(K, "_csr_matvecs", None)
+    slow = half_step(block, fixed, fixed_bias, 3.1, reg, dtype=dtype, chunk_rows=50)
+    np.testing.assert_allclose(fast.factors, slow.factors, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast.bias, slow.bias, rtol=1e-5, atol=1e-6)
+    assert np.abs(fast.factors).max() > 0.01  # the products really happened
+
+
 def test_block_split_does_not_change_rows():
     rng = np.random.default_rng(1)
     rows, cols, vals = random_ratings(rng, 500, 120, 9000)

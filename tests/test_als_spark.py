@@ -81,6 +81,32 @@ def test_spark_solver_equals_local_solver_and_ignores_blocking(spark, ratings):
     assert not one.model.user_factors[290:].any() and not one.model.item_bias[145:].any()
 
 
+def test_lost_block_files_are_rebuilt_from_the_shuffle(spark, ratings, caplog):
+    """A block whose stored files are gone (e.g. its executor was lost) is rebuilt from the
+    shuffle output and solved in memory, with the same result."""
+    import shutil
+
+    from mfspark.als.train import USER
+
+    params = ALSParams(rank=4, max_iter=3, tol=0.0, clip=(1.0, 5.0))
+    want, _ = fit_spark(spark, ratings, params, 3, 2)
+    train_df, test_df, _, _, n_users, n_items = ratings
+    solver = SparkBlockSolver(spark, train_df, test_df, n_users, n_items, params, 3, 2)
+    try:
+        tokens = solver.tokens.collect()
+        lost = [t for t in tokens if t["side"] == USER and t["block"] == 1]
+        assert len(lost) == 1 and os.path.isdir(lost[0]["dir"])
+        shutil.rmtree(lost[0]["dir"])
+        with caplog.at_level("WARNING", logger="mfspark.als.spark_als"):
+            got = run_als(solver, params)
+    finally:
+        solver.close()
+    assert "ran away from their stored files" in caplog.text
+    np.testing.assert_array_equal(got.model.user_factors, want.model.user_factors)
+    np.testing.assert_array_equal(got.model.item_bias, want.model.item_bias)
+    assert not any(os.path.exists(t["dir"]) for t in tokens)  # close() removed the rest
+
+
 def test_model_roundtrip_and_cold_fallback(spark, ratings, tmp_path):
     train_df, test_df, train, test, n_users, n_items = ratings
     result, _ = fit_spark(spark, ratings, PARAMS, 2, 2)

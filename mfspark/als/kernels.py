@@ -35,6 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+try:  # scipy's CSR × dense kernel, called directly so it accumulates in place
+    from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
+except ImportError:  # pragma: no cover
+    _csr_matvecs = None
+
 # Rows per chunk inside a half-step: bounds the dense (rows × (k+1)²) float64 work arrays.
 CHUNK_ROWS = 32_768
 
@@ -165,8 +170,8 @@ class RatingRows:
         return RatingRows(
             entities.astype(np.int32),
             indptr,
-            local[order].astype(np.int32),
-            np.asarray(values)[order].astype(np.float32),
+            np.take(local, order).astype(np.int32),
+            np.take(np.asarray(values), order).astype(np.float32),
             width,
         )
 
@@ -190,12 +195,18 @@ def triangle_layout(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return iu, ju, full.ravel()
 
 
-def augmented(factors: np.ndarray, dtype) -> np.ndarray:
-    """Ũ = [U, 1]."""
-    out = np.empty((factors.shape[0], factors.shape[1] + 1), dtype=dtype)
-    out[:, :-1] = factors
-    out[:, -1] = 1.0
-    return out
+def _padded(width: int) -> int:
+    """Columns of a dense operand padded to a multiple of 4: scipy's CSR × dense loop runs
+    ~30% faster on 12 columns than on 11 (the padding columns are zeros, never read back)."""
+    return -(-width // 4) * 4
+
+
+def _accumulate(out: np.ndarray, ptr: np.ndarray, cols: np.ndarray, data, dense: np.ndarray):
+    """``out += CSR(data, cols, ptr) @ dense`` in place (no temporary the size of ``out``)."""
+    if _csr_matvecs is not None:
+        _csr_matvecs(out.shape[0], dense.shape[0], dense.shape[1], ptr, cols, data, dense, out)
+    else:  # pragma: no cover - scipy moved its private kernel
+        out += sp.csr_matrix((data, cols, ptr), shape=(out.shape[0], dense.shape[0])) @ dense
 
 
 def half_step(
@@ -215,9 +226,13 @@ def half_step(
     k = fixed_factors.shape[1]
     dim = k + 1
     n_fixed = fixed_factors.shape[0]
-    u_aug = augmented(fixed_factors, dtype)
     iu, ju, full = triangle_layout(dim)
-    outer = u_aug[:, iu] * u_aug[:, ju]  # P: row j = upper triangle of ũ_j ũ_jᵀ
+    n_packed, n_aug = _padded(len(iu)), _padded(dim)
+    u_aug = np.zeros((n_fixed, n_aug), dtype=dtype)
+    u_aug[:, :k] = fixed_factors
+    u_aug[:, k] = 1.0
+    outer = np.zeros((n_fixed, n_packed), dtype=dtype)  # P: row j = upper triangle of ũ_j ũ_jᵀ
+    np.multiply(u_aug[:, iu], u_aug[:, ju], out=outer[:, : len(iu)])
     bias = fixed_bias.astype(dtype, copy=False)
     mean = dtype(global_mean)
     reg_diag = np.array([reg.reg] * k + [reg.reg_bias], dtype=np.float64)
@@ -229,8 +244,8 @@ def half_step(
     for start in range(0, block.n_rows, chunk_rows):
         stop = min(start + chunk_rows, block.n_rows)
         n = stop - start
-        gram_packed = np.zeros((n, len(iu)), dtype=dtype)
-        rhs = np.zeros((n, dim), dtype=dtype)
+        gram_packed = np.zeros((n, n_packed), dtype=dtype)
+        rhs = np.zeros((n, n_aug), dtype=dtype)
         target_sq = 0.0  # Σ t² over the chunk: only the total is needed
         for t in range(block.n_tiles):
             a, b, ptr = block.tile(t, start, stop)
@@ -238,17 +253,16 @@ def half_step(
                 continue
             first = t * block.tile_width
             last = min(first + block.tile_width, n_fixed)
-            cols = block.cols[a:b]
+            cols = np.asarray(block.cols[a:b])
+            ptr = ptr.astype(cols.dtype)
             target = block.values[a:b].astype(dtype, copy=False) - mean
-            target -= bias[first:last][cols]
-            shape = (n, last - first)
-            pattern = sp.csr_matrix((ones[: b - a], cols, ptr), shape=shape)
-            gram_packed += pattern @ outer[first:last]
-            rhs += sp.csr_matrix((target, cols, ptr), shape=shape) @ u_aug[first:last]
+            target -= np.take(bias[first:last], cols)
+            _accumulate(gram_packed, ptr, cols, ones[: b - a], outer[first:last])
+            _accumulate(rhs, ptr, cols, target, u_aug[first:last])
             target_sq += float(np.einsum("i,i->", target, target, dtype=np.float64))
         system = np.empty((n, dim, dim))
-        system.reshape(n, dim * dim)[:] = gram_packed[:, full]
-        rhs64 = rhs.astype(np.float64)
+        system.reshape(n, dim * dim)[:] = np.take(gram_packed, full, axis=1)  # 4x faster than [:, full]
+        rhs64 = rhs[:, :dim].astype(np.float64)
         cnt = counts[start:stop]
         penalty_diag = reg.row_scale(cnt)[:, None] * reg_diag  # Λ_i, (n, dim)
         diagonal = np.arange(dim)
@@ -320,8 +334,14 @@ def predict(
     out = np.empty(len(rows), dtype=np.float64)
     for a in range(0, len(rows), chunk):
         r, c = rows[a : a + chunk], cols[a : a + chunk]
-        dot = np.einsum("ij,ij->i", row_factors[r], col_factors[c], dtype=np.float64)
-        bias = row_bias[r].astype(np.float64) + col_bias[c].astype(np.float64)
+        # np.take gathers rows about twice as fast as fancy indexing
+        dot = np.einsum(
+            "ij,ij->i",
+            np.take(row_factors, r, axis=0),
+            np.take(col_factors, c, axis=0),
+            dtype=np.float64,
+        )
+        bias = np.take(row_bias, r).astype(np.float64) + np.take(col_bias, c).astype(np.float64)
         out[a : a + chunk] = global_mean + bias + dot
     if clip is not None:
         np.clip(out, clip[0], clip[1], out=out)

@@ -1,20 +1,21 @@
 """Blocked ALS on Spark: ratings partitioned once, the fixed side broadcast each half-step.
 
-Set-up (once): the train ratings are hash-partitioned by user index into
-``num_user_blocks`` partitions and by item index into ``num_item_blocks`` partitions, and each
-partition is packed into one block of column-tiled CSR arrays
-(:class:`mfspark.als.kernels.RatingRows`). The item blocks also carry the test ratings of
-their items, so the masked test error is computed where the new item factors are born.
+Set-up (one Spark job): every input partition of the train (and test) ratings is split, in
+numpy, by user block (user index mod ``num_user_blocks``) and by item block (item index mod
+``num_item_blocks``); each piece travels as a few large byte arrays through one shuffle whose
+partitions are exactly the blocks (user blocks first, then item blocks), and each reduce task
+builds its block of column-tiled CSR arrays (:class:`mfspark.als.kernels.RatingRows`). The
+JVM only moves opaque bytes: no per-rating rows are built, converted or pickled. Item blocks
+also carry the test ratings of their items, so the masked test error is computed where the
+new item factors are born.
 
-Where the blocks live: the task that packs a block saves its arrays as ``.npy`` files in the
-executor's local Spark directory and returns a small *token* (block id, directory); the
-tokens are cached, so Spark schedules every later task of that block on the executor that
-holds its files (the cached token is there). A half-step's task memory-maps the arrays
-(from the page cache: no copy, no deserialisation), where reading a cached 80 MB block back
-from the JVM cost about 0.5 s per half-step at MovieLens-20M scale. Should a task run where
-the files are not (an executor was lost, or the scheduler gave up on locality), that block
-is solved from its packed form instead, rebuilt by Spark from the shuffle output: slower,
-never wrong.
+Where the blocks live: the task that builds a block saves its arrays as ``.npy`` files in the
+executor's local Spark directory and returns a small *token* (block id, directory, the
+block's rows with their rating counts); the tokens are cached, so Spark schedules every later
+task of that block on the executor that holds its files. A half-step's task memory-maps the
+arrays (from the page cache: no copy, no deserialisation). Should a task run where the files
+are not (an executor was lost, or the scheduler gave up on locality), that block is rebuilt
+from the shuffle output and solved from memory instead: slower, never wrong.
 
 Each half-step: broadcast the fixed side's factors and biases (float32), solve every entity
 of each block at once (:func:`mfspark.als.kernels.half_step`), collect only the solved
@@ -48,96 +49,87 @@ from mfspark.errors import MfsparkError
 
 log = logging.getLogger(__name__)
 
-# Arrow binary values use 32-bit offsets: a block's largest array must stay below 2 GiB.
-MAX_BLOCK_ARRAY_BYTES = 2**31 - 1
+# Arrow binary values use 32-bit offsets: one piece of a block must stay below 2 GiB.
+MAX_PIECE_BYTES = 2**31 - 1
 
-BLOCK_ARRAYS = (
-    ("rows", np.int32),
-    ("train_indptr", np.int64),
-    ("train_cols", np.int32),
-    ("train_values", np.float32),
-    ("test_indptr", np.int64),
-    ("test_cols", np.int32),
-    ("test_values", np.float32),
+#: One piece of a block, as the map side emits it: the target partition (``part``: user
+#: blocks first, then item blocks) and the ratings as raw little-endian arrays.
+PIECE_ARRAYS = (("rows", np.int32), ("cols", np.int32), ("values", np.float32), ("is_test", np.bool_))
+PIECE_SCHEMA = T.StructType(
+    [T.StructField("part", T.IntegerType(), False)]
+    + [T.StructField(name, T.BinaryType(), False) for name, _ in PIECE_ARRAYS]
 )
-BLOCK_SCHEMA = T.StructType(
-    [T.StructField("block", T.IntegerType(), False)]
-    + [T.StructField(name, T.BinaryType(), False) for name, _ in BLOCK_ARRAYS]
-    + [
-        T.StructField("train_tile_width", T.LongType(), False),
-        T.StructField("test_tile_width", T.LongType(), False),
-    ]
+
+#: Arrays of a stored block (file names under its directory).
+BLOCK_FILES = (
+    "rows",
+    "train_indptr",
+    "train_cols",
+    "train_values",
+    "train_tile_width",
+    "test_indptr",
+    "test_cols",
+    "test_values",
+    "test_tile_width",
 )
 
 
 def _binary(arr: np.ndarray) -> pa.Array:
     """A one-value Arrow binary array viewing ``arr``'s bytes (no copy)."""
     data = pa.py_buffer(np.ascontiguousarray(arr))
-    if data.size > MAX_BLOCK_ARRAY_BYTES:
+    if data.size > MAX_PIECE_BYTES:
         raise MfsparkError(
-            f"an ALS block holds {data.size / 2**30:.1f} GiB in one array (limit 2 GiB); "
-            "raise als.num_user_blocks / als.num_item_blocks"
+            f"one input partition sends {data.size / 2**30:.1f} GiB to one ALS block (limit "
+            "2 GiB); raise spark.sql.shuffle.partitions or als.num_user_blocks / "
+            "als.num_item_blocks"
         )
     offsets = pa.py_buffer(np.array([0, data.size], dtype=np.int32))
     return pa.Array.from_buffers(pa.binary(), 1, [None, offsets, data])
 
 
-def pack_block(block_id: int, train: RatingRows, test: RatingRows) -> pa.RecordBatch:
-    arrays = [pa.array([block_id], pa.int32())]
-    for arr in (train.rows, train.indptr, train.cols, train.values, test.indptr, test.cols, test.values):
-        arrays.append(_binary(arr))
-    arrays += [pa.array([train.tile_width], pa.int64()), pa.array([test.tile_width], pa.int64())]
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(_arrow_fields(BLOCK_SCHEMA)))
+def _split_fn(num_user_blocks: int, num_item_blocks: int):
+    """mapInArrow function: an input partition's ratings → one piece per block it touches."""
+    schema = pa.schema(
+        [
+            pa.field(f.name, pa.int32() if f.name == "part" else pa.binary(), False)
+            for f in PIECE_SCHEMA.fields
+        ]
+    )
 
-
-def _arrow_fields(schema: T.StructType) -> list[pa.Field]:
-    kinds = {"int": pa.int32(), "bigint": pa.int64(), "binary": pa.binary(), "double": pa.float64()}
-    return [pa.field(f.name, kinds[f.dataType.simpleString()], f.nullable) for f in schema.fields]
-
-
-def _build_blocks_fn(row_col: str, col_col: str, width: int):
-    def build(batches):
-        from pyspark import TaskContext
-
-        from mfspark.session import worker_single_thread
-
-        worker_single_thread()
-        parts = list(batches)
-        if not parts or sum(b.num_rows for b in parts) == 0:
+    def split(batches):
+        parts = [b for b in batches if b.num_rows]
+        if not parts:
             return
         table = pa.Table.from_batches(parts)
-        rows = table.column(row_col).to_numpy()
-        cols = table.column(col_col).to_numpy()
-        values = table.column(C.RATING).to_numpy()
+        users = table.column(C.USER_IDX).to_numpy().astype(np.int32, copy=False)
+        items = table.column(C.ITEM_IDX).to_numpy().astype(np.int32, copy=False)
+        values = table.column(C.RATING).to_numpy().astype(np.float32, copy=False)
         is_test = table.column("is_test").to_numpy(zero_copy_only=False)
-        entities = np.unique(rows)
-        train = RatingRows.from_coo(rows[~is_test], cols[~is_test], values[~is_test], entities, width)
-        test = RatingRows.from_coo(rows[is_test], cols[is_test], values[is_test], entities)
-        yield pack_block(TaskContext.get().partitionId(), train, test)
-
-    return build
-
-
-def build_blocks(
-    train: DataFrame, test: DataFrame | None, row_col: str, col_col: str, num_blocks: int, width: int
-):
-    """Partition ratings by ``row_col`` into ``num_blocks`` blocks, one per partition.
-
-    Returns an RDD of ``(block id, train RatingRows, test RatingRows)`` (not cached: see
-    :func:`store_blocks`). The shuffle and packing run in Spark SQL + Arrow.
-    """
-    parts = [
-        train.select(row_col, col_col, F.col(C.RATING).cast("float"), F.lit(False).alias("is_test"))
-    ]
-    if test is not None:
-        parts.append(
-            test.select(row_col, col_col, F.col(C.RATING).cast("float"), F.lit(True).alias("is_test"))
+        del table, parts
+        sides = (
+            (
+                users[~is_test],
+                items[~is_test],
+                values[~is_test],
+                is_test[~is_test],
+                users[~is_test] % num_user_blocks,
+            ),
+            (items, users, values, is_test, num_user_blocks + items % num_item_blocks),
         )
-    ratings = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
-    packed = ratings.repartition(num_blocks, row_col).mapInArrow(
-        _build_blocks_fn(row_col, col_col, width), BLOCK_SCHEMA
-    )
-    return packed.rdd.map(_decode_row)
+        for rows, cols, vals, test, part in sides:
+            if not len(part):  # e.g. an input partition of test ratings only
+                continue
+            order = np.argsort(part, kind="stable")
+            part = part[order]
+            bounds = np.flatnonzero(np.diff(part)) + 1
+            for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(part)], strict=True):
+                take = order[a:b]
+                arrays = [pa.array([int(part[a])], pa.int32())] + [
+                    _binary(np.take(x, take)) for x in (rows, cols, vals, test)
+                ]
+                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    return split
 
 
 def _local_root() -> str:
@@ -145,8 +137,24 @@ def _local_root() -> str:
     return os.environ.get("SPARK_LOCAL_DIRS", tempfile.gettempdir()).split(",")[0]
 
 
-def _block_files(train: RatingRows, test: RatingRows) -> dict[str, np.ndarray]:
-    return {
+def _assemble(pieces, width: int) -> tuple[RatingRows, RatingRows] | None:
+    """Concatenate a block's pieces (in a canonical order) into train and test RatingRows."""
+    pieces = list(pieces)
+    if not pieces:
+        return None
+    rows, cols, values, is_test = (
+        np.concatenate([np.frombuffer(p[i], dtype=dtype) for p in pieces])
+        for i, (_, dtype) in enumerate(PIECE_ARRAYS)
+    )
+    entities = np.unique(rows)
+    train = RatingRows.from_coo(rows[~is_test], cols[~is_test], values[~is_test], entities, width)
+    test = RatingRows.from_coo(rows[is_test], cols[is_test], values[is_test], entities)
+    return train, test
+
+
+def save_block(directory: str, train: RatingRows, test: RatingRows) -> None:
+    """Save a block's arrays as ``.npy`` files (atomically: staged, then renamed)."""
+    arrays = {
         "rows": train.rows,
         "train_indptr": train.indptr,
         "train_cols": train.cols,
@@ -157,62 +165,61 @@ def _block_files(train: RatingRows, test: RatingRows) -> dict[str, np.ndarray]:
         "test_values": test.values,
         "test_tile_width": np.array([test.tile_width]),
     }
-
-
-def _store_fn(run_id: str, side: str):
-    def store(blocks):
-        for block_id, train, test in blocks:
-            directory = os.path.join(_local_root(), f"mfspark-als-{run_id}", f"{side}-{block_id}")
-            staging = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
-            os.makedirs(staging)
-            for name, arr in _block_files(train, test).items():
-                np.save(os.path.join(staging, f"{name}.npy"), np.ascontiguousarray(arr))
-            shutil.rmtree(directory, ignore_errors=True)  # a recomputed block replaces its files
-            os.replace(staging, directory)
-            yield {"block": block_id, "dir": directory, "host": socket.gethostname()}
-
-    return store
+    staging = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
+    os.makedirs(staging)
+    for name in BLOCK_FILES:
+        np.save(os.path.join(staging, f"{name}.npy"), np.ascontiguousarray(arrays[name]))
+    shutil.rmtree(directory, ignore_errors=True)  # a recomputed block replaces its files
+    os.replace(staging, directory)
 
 
 def open_block(directory: str) -> tuple[RatingRows, RatingRows] | None:
     """Memory-map a stored block; None when its files are not on this machine."""
     if not os.path.isdir(directory):
         return None
-    a = {
-        name: np.load(os.path.join(directory, f"{name}.npy"), mmap_mode="r")
-        for name in (
-            "rows",
-            "train_indptr",
-            "train_cols",
-            "train_values",
-            "test_indptr",
-            "test_cols",
-            "test_values",
-        )
-    }
-    width = {
-        side: int(np.load(os.path.join(directory, f"{side}_tile_width.npy"))[0])
-        for side in ("train", "test")
-    }
-    train = RatingRows(a["rows"], a["train_indptr"], a["train_cols"], a["train_values"], width["train"])
-    test = RatingRows(a["rows"], a["test_indptr"], a["test_cols"], a["test_values"], width["test"])
+    a = {name: np.load(os.path.join(directory, f"{name}.npy"), mmap_mode="r") for name in BLOCK_FILES}
+    train = RatingRows(
+        a["rows"], a["train_indptr"], a["train_cols"], a["train_values"], int(a["train_tile_width"][0])
+    )
+    test = RatingRows(
+        a["rows"], a["test_indptr"], a["test_cols"], a["test_values"], int(a["test_tile_width"][0])
+    )
     return train, test
 
 
-def _block_stats_fn():
-    def stats(token: dict):
-        block = open_block(token["dir"])
-        if block is None:
-            return None
-        train, test = block
-        return (
-            np.array(train.rows),
-            train.counts(),
-            float(np.sum(train.values, dtype=np.float64)),
-            test.nnz,
-        )
+def _build_fn(width: int, num_user_blocks: int, store_dir: str | None):
+    """mapPartitionsWithIndex function: a shuffle partition's pieces → its block, either kept
+    in memory (``store_dir=None``) or saved under ``store_dir`` with a token."""
 
-    return stats
+    def build(part: int, records):
+        from mfspark.session import worker_single_thread
+
+        worker_single_thread()
+        # Pieces arrive in shuffle-fetch order; the block does not depend on it because the
+        # (row, col) pairs are unique and from_coo sorts by them.
+        pieces = [value for _, value in records]
+        block = _assemble(pieces, width)
+        if block is None:
+            return
+        side, block_id = (USER, part) if part < num_user_blocks else (ITEM, part - num_user_blocks)
+        train, test = block
+        if store_dir is None:
+            yield {"side": side, "block": block_id, "train": train, "test": test}
+            return
+        directory = os.path.join(_local_root(), store_dir, f"{side}-{block_id}")
+        save_block(directory, train, test)
+        yield {
+            "side": side,
+            "block": block_id,
+            "dir": directory,
+            "host": socket.gethostname(),
+            "rows": np.array(train.rows),
+            "counts": train.counts(),
+            "value_sum": float(np.sum(train.values, dtype=np.float64)),
+            "n_test": test.nnz,
+        }
+
+    return build
 
 
 def _remove_fn():
@@ -220,26 +227,6 @@ def _remove_fn():
         shutil.rmtree(os.path.dirname(token["dir"]), ignore_errors=True)
 
     return remove
-
-
-def _decode_row(row) -> tuple[int, RatingRows, RatingRows]:
-    a = {name: np.frombuffer(row[name], dtype=dtype) for name, dtype in BLOCK_ARRAYS}
-    n = len(a["rows"]) + 1
-    train = RatingRows(
-        a["rows"],
-        a["train_indptr"].reshape(-1, n),
-        a["train_cols"],
-        a["train_values"],
-        row["train_tile_width"],
-    )
-    test = RatingRows(
-        a["rows"],
-        a["test_indptr"].reshape(-1, n),
-        a["test_cols"],
-        a["test_values"],
-        row["test_tile_width"],
-    )
-    return row["block"], train, test
 
 
 def _solve_block(side: str, train: RatingRows, test: RatingRows, broadcast, global_mean, params) -> dict:
@@ -269,19 +256,21 @@ def _solve_block(side: str, train: RatingRows, test: RatingRows, broadcast, glob
 
 
 def _solve_stored_fn(side: str, broadcast, global_mean: float, params: ALSParams):
-    def solve(token: dict) -> dict:
-        block = open_block(token["dir"])
-        if block is None:
-            return {"missing": token["block"]}
-        return _solve_block(side, *block, broadcast, global_mean, params)
+    def solve(tokens):
+        for token in tokens:
+            block = open_block(token["dir"])
+            if block is None:
+                yield {"missing": token["block"]}
+            else:
+                yield _solve_block(side, *block, broadcast, global_mean, params)
 
     return solve
 
 
 def _solve_packed_fn(side: str, broadcast, global_mean: float, params: ALSParams):
     def solve(blocks):
-        for _, train, test in blocks:
-            yield _solve_block(side, train, test, broadcast, global_mean, params)
+        for block in blocks:
+            yield _solve_block(side, block["train"], block["test"], broadcast, global_mean, params)
 
     return solve
 
@@ -309,30 +298,37 @@ class SparkBlockSolver:
         self.n_users, self.n_items = n_users, n_items
         parallelism = spark.sparkContext.defaultParallelism
         self.num_blocks = {USER: num_user_blocks or parallelism, ITEM: num_item_blocks or parallelism}
+        n_user_blocks = self.num_blocks[USER]
+        self.partitions = {
+            USER: list(range(n_user_blocks)),
+            ITEM: list(range(n_user_blocks, n_user_blocks + self.num_blocks[ITEM])),
+        }
         width = tile_width(params.rank)
-        self.run_id = uuid.uuid4().hex[:12]
-        self.blocks = {
-            USER: build_blocks(train, None, C.USER_IDX, C.ITEM_IDX, self.num_blocks[USER], width),
-            ITEM: build_blocks(train, test, C.ITEM_IDX, C.USER_IDX, self.num_blocks[ITEM], width),
-        }
-        # Pack every block once, store it on its executor and cache the token that points there.
-        self.tokens = {
-            side: blocks.mapPartitions(_store_fn(self.run_id, side)).persist(StorageLevel.MEMORY_ONLY)
-            for side, blocks in self.blocks.items()
-        }
-        self.tokens[USER].count()
-        # The item blocks also give μ, the item counts and n_test.
-        per_block = self.tokens[ITEM].map(_block_stats_fn()).collect()
-        if any(b is None for b in per_block):  # pragma: no cover - needs a lost executor
-            per_block = self._stats_from_packed()
+        self.store_dir = f"mfspark-als-{uuid.uuid4().hex[:12]}"
+        ratings = [train.select(C.USER_IDX, C.ITEM_IDX, C.RATING, F.lit(False).alias("is_test"))]
+        if test is not None:
+            ratings.append(test.select(C.USER_IDX, C.ITEM_IDX, C.RATING, F.lit(True).alias("is_test")))
+        pieces = (ratings[0].unionByName(ratings[1]) if len(ratings) == 2 else ratings[0]).mapInArrow(
+            _split_fn(n_user_blocks, self.num_blocks[ITEM]), PIECE_SCHEMA
+        )
+        shuffled = pieces.rdd.map(lambda r: (r[0], tuple(r[1:]))).partitionBy(
+            n_user_blocks + self.num_blocks[ITEM], lambda part: part
+        )
+        # Blocks rebuilt from the shuffle output, only for a block whose stored files are lost.
+        self.packed = shuffled.mapPartitionsWithIndex(_build_fn(width, n_user_blocks, None))
+        # Build every block once, store it on its executor, cache the token that points there.
+        self.tokens = shuffled.mapPartitionsWithIndex(
+            _build_fn(width, n_user_blocks, self.store_dir)
+        ).persist(StorageLevel.MEMORY_ONLY)
+        per_block = [t for t in self.tokens.collect() if t["side"] == ITEM]
         self.item_counts = np.zeros(n_items, dtype=np.int64)
-        for rows, counts, _, _ in per_block:
-            self.item_counts[rows] = counts
+        for token in per_block:
+            self.item_counts[token["rows"]] = token["counts"]
         self.n_train = int(self.item_counts.sum())
         if not self.n_train:
             raise MfsparkError("the training set is empty; nothing to fit")
-        self.global_mean = sum(b[2] for b in per_block) / self.n_train
-        self.n_test = int(sum(b[3] for b in per_block))
+        self.global_mean = sum(t["value_sum"] for t in per_block) / self.n_train
+        self.n_test = int(sum(t["n_test"] for t in per_block))
         self.setup_seconds = time.perf_counter() - started
         log.info(
             "ALS blocks cached: %d user blocks, %d item blocks, %s train and %s test ratings, "
@@ -355,22 +351,20 @@ class SparkBlockSolver:
             )
         )
         try:
-            parts = (
-                self.tokens[side]
-                .map(_solve_stored_fn(side, broadcast, self.global_mean, self.params))
-                .collect()
-            )
+            solve_stored = _solve_stored_fn(side, broadcast, self.global_mean, self.params)
+            parts = sc.runJob(self.tokens, solve_stored, self.partitions[side])
             missing = [p["missing"] for p in parts if "missing" in p]
             if missing:
                 log.warning(
-                    "%s blocks %s ran away from their stored files; solving them from the packed "
-                    "ratings instead (slower)",
+                    "%s blocks %s ran away from their stored files; rebuilding them from the "
+                    "shuffle output and solving them in memory instead (slower)",
                     side,
                     missing,
                 )
+                offset = self.partitions[side][0]
                 solve_packed = _solve_packed_fn(side, broadcast, self.global_mean, self.params)
                 parts = [p for p in parts if "missing" not in p] + sc.runJob(
-                    self.blocks[side], solve_packed, missing
+                    self.packed, solve_packed, [offset + b for b in missing]
                 )
         finally:
             broadcast.destroy()
@@ -396,25 +390,12 @@ class SparkBlockSolver:
             test_n=int(sum(p["test_n"] for p in parts)),
         )
 
-    def _stats_from_packed(self) -> list:  # pragma: no cover - needs a lost executor
-        def stats(blocks):
-            for _, train, test in blocks:
-                yield (
-                    np.array(train.rows),
-                    train.counts(),
-                    float(np.sum(train.values, np.float64)),
-                    test.nnz,
-                )
-
-        return self.blocks[ITEM].mapPartitions(stats).collect()
-
     def close(self) -> None:
         """Delete the stored blocks and drop the cached tokens."""
-        for tokens in self.tokens.values():
-            try:
-                tokens.foreach(_remove_fn())
-            finally:
-                tokens.unpersist()
+        try:
+            self.tokens.foreach(_remove_fn())
+        finally:
+            self.tokens.unpersist()
 
 
 def check_broadcast_size(n_users: int, n_items: int, rank: int, limit_mb: float) -> None:
