@@ -551,3 +551,25 @@ def reference() -> list[tuple[str, Any, str]]:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             rows.append((f"{name}.{f.name}", default, f.metadata.get("doc", "")))
     return rows
+
+
+def _toml_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_literal(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def reference_markdown() -> str:
+    """The config reference as a Markdown table (the README embeds exactly this)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, doc in reference():
+        shown = "—" if default is None else f"`{_toml_literal(default)}`"
+        meaning = doc.replace("|", "\\|")
+        lines.append(f"| `{key}` | {shown} | {meaning} |")
+    return "\n".join(lines)
