@@ -41,7 +41,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mfspark import columns as C
-from mfspark.als.kernels import Regularization
+from mfspark.als.kernels import RatingRows, Regularization, half_step, predict, tile_width
 from mfspark.als.model import ALSModel
 from mfspark.als.spark_als import SparkBlockSolver, check_broadcast_size
 from mfspark.als.train import ALSParams, LocalSolver, run_als
@@ -67,6 +67,7 @@ BENCHMARK_SCHEMA = T.StructType(
         T.StructField("iteration_timing", T.StringType(), True),
         T.StructField("mllib_blas", T.StringType(), True),
         T.StructField("planted_truth_test_rmse", T.DoubleType(), True),
+        T.StructField("oracle_floor_test_rmse", T.DoubleType(), True),
         T.StructField("n_train", T.LongType(), False),
         T.StructField("n_test", T.LongType(), False),
         T.StructField("master", T.StringType(), False),
@@ -308,13 +309,31 @@ def fit_numpy(train_arrays, test_arrays, n_users, n_items, params):
     return result, time.time() - started, setup
 
 
-def _pick(scores: dict[float, float], system: str, key: str) -> float:
-    best = min(scores, key=scores.get)
-    if best in (min(scores), max(scores)) and len(scores) > 1:
+#: How many times the grid is extended (x2 or /2) while its best value is at an edge.
+MAX_GRID_EXTENSIONS = 3
+
+
+def tune(grid, score, system: str, key: str) -> tuple[float, dict[float, float]]:
+    """Score every value of ``grid`` (lower is better); while the best is at an edge, extend
+    the grid past it by a factor 2 (at most ``MAX_GRID_EXTENSIONS`` times), so the choice does
+    not depend on the grid happening to suit the data. Returns (best, all scores)."""
+    scores = {float(v): score(float(v)) for v in sorted(grid)}
+    for _ in range(MAX_GRID_EXTENSIONS):
+        best, values = min(scores, key=scores.get), sorted(scores)
+        if len(values) < 2 or best <= 0 or best not in (values[0], values[-1]):
+            break
+        nxt = best * 2 if best == values[-1] else best / 2
+        log.info("%s: best regularisation %g is at the edge of the grid; trying %g", system, best, nxt)
+        scores[nxt] = score(nxt)
+    best, values = min(scores, key=scores.get), sorted(scores)
+    if len(values) > 1 and best in (values[0], values[-1]):
         log.warning(
-            "%s: the best regularisation %g is at the edge of %s; widen the grid", system, best, key
+            "%s: the best regularisation %g is still at the edge after extending %s; widen it",
+            system,
+            best,
+            key,
         )
-    return best
+    return best, scores
 
 
 # -- driver --------------------------------------------------------------------------------
@@ -326,6 +345,29 @@ def planted_truth_rmse(spark, out: str, test: DataFrame, clip) -> float | None:
     truth.metadata["clip_min"], truth.metadata["clip_max"] = clip
     scored = truth.transform(test.select(C.USER_ID, C.ITEM_ID, C.RATING))
     return float(scored.agg(F.sqrt(F.avg((F.col(C.PREDICTION) - F.col(C.RATING)) ** 2))).first()[0])
+
+
+def oracle_floor_rmse(spark, out: str, train_arrays, test_arrays, clip) -> float | None:
+    """Test RMSE of an oracle no real estimator can beat in expectation: every user's bias and
+    factors are the posterior mean under the planted Gaussian prior (ridge with
+    λ = noise variance / prior variance), solved with the *true* global mean and item
+    parameters given. A system must learn the items from the same ratings, so this — not the
+    planted truth, which knows every user exactly — is the best RMSE reachable on this data."""
+    path = join(out, C.SYNTHETIC_TRUTH)
+    if not HadoopFS(spark).exists(join(path, "metadata")):
+        return None
+    truth = ALSModel.load(spark, path)
+    meta, p = truth.metadata, truth.params
+    noise = float(meta["noise_var"]) + float(meta["rounding_var"])
+    prior = Regularization(
+        noise / float(meta["factor_entry_sd"]) ** 2, noise / float(meta["user_bias_var"]), "none"
+    )
+    u, i, r = train_arrays
+    users = RatingRows.from_coo(u, i, r, np.arange(len(p.user_bias)), tile_width(p.rank))
+    solved = half_step(users, p.item_factors, p.item_bias, p.global_mean, prior, np.float64)
+    tu, ti, tr = test_arrays
+    pred = predict(p.global_mean, solved.factors, solved.bias, p.item_factors, p.item_bias, tu, ti, clip)
+    return float(np.sqrt(np.mean((pred - tr) ** 2)))
 
 
 def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
@@ -358,27 +400,36 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
         fit_part, valid = fit_part.cache(), valid.cache()
         fit_part.count(), valid.count()
         if "mllib" in bench.systems:
-            scores = {}
-            for reg in bench.mllib_reg_grid:
-                scores[reg] = fit_mllib(
+
+            def mllib_score(reg: float) -> float:
+                rmse = fit_mllib(
                     spark, fit_part, valid, rank, iterations, reg, als.seed, global_mean, f"tune-{reg}"
                 )[0]
-                log.info("tuning mllib regParam=%g: validation RMSE %.5f", reg, scores[reg])
-            regs["mllib"] = _pick(scores, "mllib", "benchmark.mllib_reg_grid")
+                log.info("tuning mllib regParam=%g: validation RMSE %.5f", reg, rmse)
+                return rmse
+
+            regs["mllib"], scores = tune(
+                bench.mllib_reg_grid, mllib_score, "mllib", "benchmark.mllib_reg_grid"
+            )
             validation_rmse["mllib"] = scores[regs["mllib"]]
         if {"mfspark", "numpy"} & set(bench.systems):
-            scores = {}
-            for reg in bench.mfspark_reg_grid:
+
+            def mfspark_score(reg: float) -> float:
                 p = ALSParams.from_config(
                     als, clip=clip, tol=0.0, reg=Regularization(reg, als.reg_bias, als.reg_scaling)
                 )
                 result, _, _ = fit_mfspark(spark, fit_part, valid, n_users, n_items, p, cfg)
-                scores[reg] = result.history[-1].test_rmse
-                log.info("tuning mfspark als.reg=%g: validation RMSE %.5f", reg, scores[reg])
-            regs["mfspark"] = _pick(scores, "mfspark", "benchmark.mfspark_reg_grid")
+                rmse = result.history[-1].test_rmse
+                log.info("tuning mfspark als.reg=%g: validation RMSE %.5f", reg, rmse)
+                return rmse
+
+            regs["mfspark"], scores = tune(
+                bench.mfspark_reg_grid, mfspark_score, "mfspark", "benchmark.mfspark_reg_grid"
+            )
             validation_rmse["mfspark"] = scores[regs["mfspark"]]
         fit_part.unpersist(), valid.unpersist()
     runs: list[SystemRun] = []
+    oracle = None  # needs the ratings on the driver: computed with the numpy system
     final = ALSParams.from_config(  # tol 0: exactly max_iter iterations, like MLlib
         als, clip=clip, tol=0.0, reg=Regularization(regs["mfspark"], als.reg_bias, als.reg_scaling)
     )
@@ -424,6 +475,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
         train_arrays, test_arrays = _arrays(train), _arrays(test)
         with PeakMemory("driver") as mem:
             result, fit_s, setup = fit_numpy(train_arrays, test_arrays, n_users, n_items, final)
+        oracle = oracle_floor_rmse(spark, out, train_arrays, test_arrays, clip)
         del train_arrays, test_arrays
         runs.append(
             SystemRun(
@@ -458,6 +510,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
             r.iteration_timing,
             r.mllib_blas,
             truth,
+            oracle,
             n_train,
             n_test,
             master,
@@ -469,23 +522,24 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     entry = {
         "runs": [asdict(r) for r in runs],
         "planted_truth_test_rmse": truth,
+        "oracle_floor_test_rmse": oracle,
         "n_train": n_train,
         "n_test": n_test,
         "master": master,
     }
     update_manifest(spark, out, "benchmark", entry, cfg)
-    print(table_text(runs, truth, n_train, n_test, n_users, n_items, master))
+    print(table_text(runs, truth, oracle, n_train, n_test, n_users, n_items, master))
     return entry
 
 
-def table_text(runs, truth, n_train, n_test, n_users, n_items, master) -> str:
+def table_text(runs, truth, oracle, n_train, n_test, n_users, n_items, master) -> str:
     base = next((r for r in runs if r.system == "mllib"), None)
 
     def ratio(value, ref):
         return f"{value / ref:.2f}x" if value is not None and ref else "-"
 
     def num(value, fmt):
-        return format(value, fmt) if value is not None else "-"
+        return format(value, fmt) if value is not None else format("-", f">{int(float(fmt[:-1]))}")
 
     shape = f"{n_users:,} users x {n_items:,} items"
     lines = [
@@ -506,6 +560,11 @@ def table_text(runs, truth, n_train, n_test, n_users, n_items, master) -> str:
     if truth is not None:
         best = min(r.test_rmse for r in runs)
         lines.append(f"planted truth test RMSE {truth:.4f}; best system / truth = {best / truth:.4f}")
+    if truth is not None and oracle is not None:
+        lines.append(
+            f"oracle floor (users solved with the true items and prior) {oracle:.4f} = "
+            f"{oracle / truth:.4f} x truth; best system / oracle = {best / oracle:.4f}"
+        )
     if base is not None and base.mllib_blas:
         lines.append(f"MLlib: {base.mllib_blas}; iterations timed by {base.iteration_timing}")
     return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""jobs/benchmark.py end to end on a small planted problem: all three systems, one table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mfspark import columns as C
+from mfspark.benchmark import run_benchmark
+from mfspark.config import load_config
+
+
+def test_benchmark_runs_three_systems_on_one_split(spark, tmp_path, capsys):
+    out = str(tmp_path / "bench")
+    cfg = load_config(
+        None,
+        [
+            "data.format=synthetic",
+            "synthetic.n_users=400",
+            "synthetic.n_items=150",
+            "synthetic.n_ratings=12000",
+            "synthetic.rank=3",
+            "synthetic.noise=0.5",
+            "als.rank=3",
+            "als.max_iter=4",
+            "als.reg=4.0",
+            "benchmark.tune=false",  # tune() has its own test; this one keeps the suite short
+            "benchmark.mllib_reg=0.1",
+            f"output.path={out}",
+        ],
+    )
+    entry = run_benchmark(cfg, spark)
+    table = spark.read.parquet(f"{out}/{C.BENCHMARK}").toPandas().set_index("system")
+    assert sorted(table.index) == ["mfspark", "mllib", "numpy"]
+    assert (table["rank"] == 3).all() and (table["iterations"] == 4).all()
+    # numpy runs mfspark's arithmetic in one process: the same model, the same test error
+    assert table.loc["numpy", "test_rmse"] == pytest.approx(table.loc["mfspark", "test_rmse"], abs=1e-6)
+    assert table.loc["numpy", "reg"] == table.loc["mfspark", "reg"] == 4.0
+    assert table.loc["mllib", "reg"] == 0.1
+    # the planted truth and the oracle floor bound every system from below
+    truth, floor = entry["planted_truth_test_rmse"], entry["oracle_floor_test_rmse"]
+    assert truth < floor < table["test_rmse"].min()
+    timed = table.loc[["mfspark", "numpy"], ["setup_seconds", "seconds_per_iteration", "fit_seconds"]]
+    assert np.isfinite(timed.to_numpy(dtype=float)).all()
+    # without the Spark UI (as in tests) MLlib's set-up cannot be separated from its fit
+    assert table.loc["mllib", "fit_seconds"] > 0 and table.loc["mllib", "seconds_per_iteration"] > 0
+    assert (table["n_train"] + table["n_test"] == 12000).all()
+    printed = capsys.readouterr().out
+    assert "vs MLlib" in printed and "oracle floor" in printed
+
+
+def test_tune_extends_the_grid_past_an_edge():
+    from mfspark.benchmark import tune
+
+    calls = []
+
+    def score(v):  # minimum at 100, far outside the grid
+        calls.append(v)
+        return (np.log(v) - np.log(100.0)) ** 2
+
+    best, scores = tune([4.0, 8.0, 15.0, 30.0], score, "test", "grid")
+    assert calls == [4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 240.0]
+    assert best == 120.0 and len(scores) == 7
+    best, _ = tune([50.0, 100.0, 200.0], score, "test", "grid")  # interior: no extension
+    assert best == 100.0 and calls[-1] == 200.0 and len(calls) == 10
