@@ -11,7 +11,9 @@ All three systems see the same prepared train/test split in the same process:
 
 Regularisation: with ``benchmark.tune`` each system's value is chosen from a small grid by
 RMSE on a validation split of train (a hash of the indices, ``benchmark.validation_fraction``);
-numpy solves exactly mfspark's objective, so it uses mfspark's choice.
+a grid whose best value is at an edge is extended past it. mfspark is tuned under both of its
+penalty scalings (plain L2 and count-scaled) and keeps the better; numpy solves exactly
+mfspark's objective, so it uses mfspark's choice.
 
 Timings per system: ``setup_seconds`` (partitioning/packing the ratings, before the first
 iteration), ``seconds_per_iteration`` (median over iterations), ``fit_seconds`` (the whole
@@ -63,6 +65,7 @@ BENCHMARK_SCHEMA = T.StructType(
         T.StructField("peak_rss_mb", T.DoubleType(), True),
         T.StructField("test_rmse", T.DoubleType(), True),
         T.StructField("reg", T.DoubleType(), True),
+        T.StructField("reg_scaling", T.StringType(), True),
         T.StructField("validation_rmse", T.DoubleType(), True),
         T.StructField("iteration_timing", T.StringType(), True),
         T.StructField("mllib_blas", T.StringType(), True),
@@ -89,6 +92,7 @@ class SystemRun:
     validation_rmse: float | None = None
     iteration_timing: str = "measured per iteration"
     mllib_blas: str | None = None
+    reg_scaling: str = "count"  # MLlib's regParam is always count-scaled
 
 
 # -- memory ------------------------------------------------------------------------------
@@ -313,6 +317,10 @@ def fit_numpy(train_arrays, test_arrays, n_users, n_items, params):
 MAX_GRID_EXTENSIONS = 3
 
 
+def _mfspark_reg(reg: float, scaling: str, plain_reg_bias: float) -> Regularization:
+    return Regularization(reg, reg if scaling == "count" else plain_reg_bias, scaling)
+
+
 def tune(grid, score, system: str, key: str) -> tuple[float, dict[float, float]]:
     """Score every value of ``grid`` (lower is better); while the best is at an edge, extend
     the grid past it by a factor 2 (at most ``MAX_GRID_EXTENSIONS`` times), so the choice does
@@ -393,7 +401,10 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
         iterations,
         spark.sparkContext.master,
     )
-    regs = {"mllib": bench.mllib_reg, "mfspark": als.reg}
+    regs = {
+        "mllib": bench.mllib_reg,
+        "mfspark": Regularization(als.reg, als.reg_bias, als.reg_scaling),
+    }
     validation_rmse: dict[str, float | None] = {"mllib": None, "mfspark": None}
     if bench.tune:
         fit_part, valid = validation_split(train, bench.validation_fraction, cfg.split.seed)
@@ -413,25 +424,40 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
             )
             validation_rmse["mllib"] = scores[regs["mllib"]]
         if {"mfspark", "numpy"} & set(bench.systems):
+            # both penalty scalings mfspark offers: plain L2 with als.reg_bias on biases, and
+            # count-scaled (ALS-WR, MLlib's) with the same λ on factors and biases
+            candidates = {}
+            for scaling, grid, key in (
+                ("none", bench.mfspark_reg_grid, "benchmark.mfspark_reg_grid"),
+                ("count", bench.mfspark_count_reg_grid, "benchmark.mfspark_count_reg_grid"),
+            ):
+                if not grid:
+                    continue
 
-            def mfspark_score(reg: float) -> float:
-                p = ALSParams.from_config(
-                    als, clip=clip, tol=0.0, reg=Regularization(reg, als.reg_bias, als.reg_scaling)
-                )
-                result, _, _ = fit_mfspark(spark, fit_part, valid, n_users, n_items, p, cfg)
-                rmse = result.history[-1].test_rmse
-                log.info("tuning mfspark als.reg=%g: validation RMSE %.5f", reg, rmse)
-                return rmse
+                def mfspark_score(reg: float, scaling=scaling) -> float:
+                    p = ALSParams.from_config(
+                        als, clip=clip, tol=0.0, reg=_mfspark_reg(reg, scaling, als.reg_bias)
+                    )
+                    result, _, _ = fit_mfspark(spark, fit_part, valid, n_users, n_items, p, cfg)
+                    rmse = result.history[-1].test_rmse
+                    log.info(
+                        "tuning mfspark als.reg=%g (reg_scaling %s): validation RMSE %.5f",
+                        reg,
+                        scaling,
+                        rmse,
+                    )
+                    return rmse
 
-            regs["mfspark"], scores = tune(
-                bench.mfspark_reg_grid, mfspark_score, "mfspark", "benchmark.mfspark_reg_grid"
-            )
-            validation_rmse["mfspark"] = scores[regs["mfspark"]]
+                best, scores = tune(grid, mfspark_score, f"mfspark ({scaling})", key)
+                candidates[scaling] = (scores[best], best)
+            scaling = min(candidates, key=lambda k: candidates[k][0])
+            validation_rmse["mfspark"], best = candidates[scaling]
+            regs["mfspark"] = _mfspark_reg(best, scaling, als.reg_bias)
         fit_part.unpersist(), valid.unpersist()
     runs: list[SystemRun] = []
     oracle = None  # needs the ratings on the driver: computed with the numpy system
     final = ALSParams.from_config(  # tol 0: exactly max_iter iterations, like MLlib
-        als, clip=clip, tol=0.0, reg=Regularization(regs["mfspark"], als.reg_bias, als.reg_scaling)
+        als, clip=clip, tol=0.0, reg=regs["mfspark"]
     )
     if "mllib" in bench.systems:
         with PeakMemory("jvm") as mem:
@@ -467,8 +493,9 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
                 fit_s,
                 mem.peak,
                 result.history[-1].test_rmse,
-                regs["mfspark"],
+                regs["mfspark"].reg,
                 validation_rmse["mfspark"],
+                reg_scaling=regs["mfspark"].scaling,
             )
         )
     if "numpy" in bench.systems:
@@ -487,9 +514,10 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
                 fit_s,
                 mem.peak,
                 result.history[-1].test_rmse,
-                regs["mfspark"],
+                regs["mfspark"].reg,
                 validation_rmse["mfspark"],
                 "measured per iteration (single process, one core)",
+                reg_scaling=regs["mfspark"].scaling,
             )
         )
     truth = planted_truth_rmse(spark, out, prepared.test, clip)
@@ -506,6 +534,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
             r.peak_rss_mb,
             r.test_rmse,
             float(r.reg),
+            r.reg_scaling,
             r.validation_rmse,
             r.iteration_timing,
             r.mllib_blas,
@@ -545,13 +574,13 @@ def table_text(runs, truth, oracle, n_train, n_test, n_users, n_items, master) -
     lines = [
         "",
         f"benchmark: {n_train:,} train / {n_test:,} test ratings, {shape}, master {master}",
-        f"{'system':<9}{'reg':>7}{'setup s':>9}{'s/iter':>9}{'vs MLlib':>9}{'fit s':>9}"
+        f"{'system':<9}{'reg':>8}{'setup s':>9}{'s/iter':>9}{'vs MLlib':>9}{'fit s':>9}"
         f"{'vs MLlib':>9}{'peak MB':>9}{'test RMSE':>11}{'vs MLlib':>9}",
     ]
     for r in runs:
         ref = base or r
         lines.append(
-            f"{r.system:<9}{r.reg:>7g}{num(r.setup_seconds, '9.1f')}"
+            f"{r.system:<9}{r.reg:>7g}{r.reg_scaling[0]}{num(r.setup_seconds, '9.1f')}"
             f"{num(r.seconds_per_iteration, '9.2f')}"
             f"{ratio(r.seconds_per_iteration, ref.seconds_per_iteration):>9}"
             f"{r.fit_seconds:9.1f}{ratio(r.fit_seconds, ref.fit_seconds):>9}"
@@ -565,6 +594,7 @@ def table_text(runs, truth, oracle, n_train, n_test, n_users, n_items, master) -
             f"oracle floor (users solved with the true items and prior) {oracle:.4f} = "
             f"{oracle / truth:.4f} x truth; best system / oracle = {best / oracle:.4f}"
         )
+    lines.append("reg: n = plain L2 (als.reg_scaling none), c = count-scaled (ALS-WR, MLlib's)")
     if base is not None and base.mllib_blas:
         lines.append(f"MLlib: {base.mllib_blas}; iterations timed by {base.iteration_timing}")
     return "\n".join(lines)

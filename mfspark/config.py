@@ -268,7 +268,17 @@ class BenchmarkConfig:
     )
     mfspark_reg_grid: list = field(
         default_factory=lambda: [2.0, 4.0, 8.0, 15.0, 30.0],
-        metadata=_doc("`als.reg` values tried for mfspark (and numpy, the same model)."),
+        metadata=_doc(
+            "`als.reg` values tried for mfspark (and numpy, the same model) with plain L2 "
+            '(`reg_scaling = "none"`, biases penalised by `als.reg_bias`).'
+        ),
+    )
+    mfspark_count_reg_grid: list = field(
+        default_factory=lambda: [0.025, 0.05, 0.1, 0.2],
+        metadata=_doc(
+            '`als.reg` values tried with `reg_scaling = "count"` (λ on factors and biases, '
+            "ALS-WR as MLlib); the better of the two scalings is used. Empty: plain L2 only."
+        ),
     )
     mllib_reg: float = field(
         default=0.05, metadata=_doc("MLlib regParam when `benchmark.tune` is false.", min=0.0)
