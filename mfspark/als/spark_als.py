@@ -80,8 +80,8 @@ def _binary(arr: np.ndarray) -> pa.Array:
     if data.size > MAX_PIECE_BYTES:
         raise MfsparkError(
             f"one input partition sends {data.size / 2**30:.1f} GiB to one ALS block (limit "
-            "2 GiB); raise spark.sql.shuffle.partitions or als.num_user_blocks / "
-            "als.num_item_blocks"
+            "2 GiB); read the ratings in more partitions (e.g. a smaller "
+            "spark.sql.files.maxPartitionBytes) or raise als.num_user_blocks / als.num_item_blocks"
         )
     offsets = pa.py_buffer(np.array([0, data.size], dtype=np.int32))
     return pa.Array.from_buffers(pa.binary(), 1, [None, offsets, data])
@@ -90,10 +90,8 @@ def _binary(arr: np.ndarray) -> pa.Array:
 def _split_fn(num_user_blocks: int, num_item_blocks: int):
     """mapInArrow function: an input partition's ratings → one piece per block it touches."""
     schema = pa.schema(
-        [
-            pa.field(f.name, pa.int32() if f.name == "part" else pa.binary(), False)
-            for f in PIECE_SCHEMA.fields
-        ]
+        [pa.field("part", pa.int32(), False)]
+        + [pa.field(name, pa.binary(), False) for name, _ in PIECE_ARRAYS]
     )
 
     def split(batches):
@@ -106,14 +104,9 @@ def _split_fn(num_user_blocks: int, num_item_blocks: int):
         values = table.column(C.RATING).to_numpy().astype(np.float32, copy=False)
         is_test = table.column("is_test").to_numpy(zero_copy_only=False)
         del table, parts
-        sides = (
-            (
-                users[~is_test],
-                items[~is_test],
-                values[~is_test],
-                is_test[~is_test],
-                users[~is_test] % num_user_blocks,
-            ),
+        train = ~is_test
+        sides = (  # user blocks get train ratings only; item blocks also the test ratings
+            (users[train], items[train], values[train], is_test[train], users[train] % num_user_blocks),
             (items, users, values, is_test, num_user_blocks + items % num_item_blocks),
         )
         for rows, cols, vals, test, part in sides:
