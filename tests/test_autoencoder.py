@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from prepared_data import prepared_frames
 from pyspark.sql import types as T
 
 from mfspark import columns as C
@@ -44,35 +45,10 @@ def random_ratings(seed: int = 5):
 
 
 def write_prepared(spark, out: str, train: pd.DataFrame, test: pd.DataFrame) -> None:
-    def with_ids(df):
-        return pd.DataFrame(
-            {
-                C.USER_ID: df[C.USER_IDX].astype(np.int64) + USER_ID0,
-                C.ITEM_ID: df[C.ITEM_IDX].astype(np.int64) + ITEM_ID0,
-                C.USER_IDX: df[C.USER_IDX].astype(np.int32),
-                C.ITEM_IDX: df[C.ITEM_IDX].astype(np.int32),
-                C.RATING: df[C.RATING].astype(float),
-                C.TIMESTAMP: pd.array([None] * len(df), dtype="Int64"),
-            }
-        )
-
-    test_pd = with_ids(test)
-    user_n = np.bincount(train[C.USER_IDX], minlength=N_USERS)
-    item_n = np.bincount(train[C.ITEM_IDX], minlength=N_ITEMS)
-    test_pd[C.COLD_USER] = user_n[test[C.USER_IDX]] == 0
-    test_pd[C.COLD_ITEM] = item_n[test[C.ITEM_IDX]] == 0
-    spark.createDataFrame(with_ids(train), C.ratings_schema(T.LongType())).write.parquet(
-        f"{out}/{C.PREPARED_TRAIN}"
-    )
-    spark.createDataFrame(test_pd, C.test_schema(T.LongType())).write.parquet(f"{out}/{C.PREPARED_TEST}")
-    for name, id_col, idx_col, n, id0, counts in (
-        (C.PREPARED_USERS, C.USER_ID, C.USER_IDX, N_USERS, USER_ID0, user_n),
-        (C.PREPARED_ITEMS, C.ITEM_ID, C.ITEM_IDX, N_ITEMS, ITEM_ID0, item_n),
-    ):
-        entities = pd.DataFrame(
-            {id_col: np.arange(n) + id0, idx_col: np.arange(n, dtype=np.int32), C.N_TRAIN: counts}
-        )
-        spark.createDataFrame(entities).write.parquet(f"{out}/{name}")
+    frames = prepared_frames(spark, train, test, N_USERS, N_ITEMS, USER_ID0, ITEM_ID0)
+    paths = (C.PREPARED_TRAIN, C.PREPARED_TEST, C.PREPARED_USERS, C.PREPARED_ITEMS)
+    for frame, path in zip(frames, paths, strict=True):
+        frame.write.parquet(f"{out}/{path}")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from prepared_data import prepared_frames as shared_prepared_frames
 from pyspark.sql import types as T
 
 from mfspark import columns as C
@@ -28,52 +29,7 @@ USER_ID0, ITEM_ID0 = 100, 10  # original ids differ from idx, so an id join is r
 
 
 def prepared_frames(spark, train: pd.DataFrame, test: pd.DataFrame, n_users: int, n_items: int):
-    """prepared/{train,test,users,items} DataFrames from (user_idx, item_idx, rating) frames."""
-
-    def with_ids(df: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                C.USER_ID: df[C.USER_IDX].astype(np.int64) + USER_ID0,
-                C.ITEM_ID: df[C.ITEM_IDX].astype(np.int64) + ITEM_ID0,
-                C.USER_IDX: df[C.USER_IDX].astype(np.int32),
-                C.ITEM_IDX: df[C.ITEM_IDX].astype(np.int32),
-                C.RATING: df[C.RATING].astype(float),
-                C.TIMESTAMP: pd.array([None] * len(df), dtype="Int64"),
-            }
-        )
-
-    user_n = np.bincount(train[C.USER_IDX], minlength=n_users)
-    item_n = np.bincount(train[C.ITEM_IDX], minlength=n_items)
-    test_pd = with_ids(test)
-    test_pd[C.COLD_USER] = user_n[test[C.USER_IDX]] == 0
-    test_pd[C.COLD_ITEM] = item_n[test[C.ITEM_IDX]] == 0
-    users = pd.DataFrame(
-        {
-            C.USER_ID: np.arange(n_users) + USER_ID0,
-            C.USER_IDX: np.arange(n_users, dtype=np.int32),
-            C.N_TRAIN: user_n,
-        }
-    )
-    items = pd.DataFrame(
-        {
-            C.ITEM_ID: np.arange(n_items) + ITEM_ID0,
-            C.ITEM_IDX: np.arange(n_items, dtype=np.int32),
-            C.N_TRAIN: item_n,
-        }
-    )
-    entity = lambda id_col, idx_col: T.StructType(  # noqa: E731
-        [
-            T.StructField(id_col, T.LongType(), False),
-            T.StructField(idx_col, T.IntegerType(), False),
-            T.StructField(C.N_TRAIN, T.LongType(), False),
-        ]
-    )
-    return (
-        spark.createDataFrame(with_ids(train), C.ratings_schema(T.LongType())),
-        spark.createDataFrame(test_pd, C.test_schema(T.LongType())),
-        spark.createDataFrame(users, entity(C.USER_ID, C.USER_IDX)),
-        spark.createDataFrame(items, entity(C.ITEM_ID, C.ITEM_IDX)),
-    )
+    return shared_prepared_frames(spark, train, test, n_users, n_items, USER_ID0, ITEM_ID0)
 
 
 def long_predictions(spark, cells: pd.DataFrame, by_ids: bool = False):
