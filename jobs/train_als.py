@@ -8,8 +8,8 @@ import sys
 
 import _bootstrap  # noqa: F401  (makes a source checkout importable)
 
-from mfspark.als.job import run_train_als
 from mfspark.cli import job_main
+from mfspark.models.als.job import run_train_als
 
 if __name__ == "__main__":
     sys.exit(job_main("train_als", run_train_als, __doc__.splitlines()[0]))

@@ -5,8 +5,8 @@ All three systems see the same prepared train/test split in the same process:
 * ``mllib`` — :class:`pyspark.ml.recommendation.ALS` (no biases; regParam is count-scaled).
   Test rows it predicts as NaN (users/items it never saw) are scored with the global train
   mean, not dropped; its predictions are not clipped (as it is used).
-* ``mfspark`` — :class:`mfspark.als.spark_als.SparkBlockSolver` (blocked biased ALS).
-* ``numpy`` — the same biased ALS in one Python process (:class:`mfspark.als.train.LocalSolver`):
+* ``mfspark`` — :class:`mfspark.models.als.spark.SparkBlockSolver` (blocked biased ALS).
+* ``numpy`` — the same biased ALS in one Python process (:class:`mfspark.models.als.train.LocalSolver`):
   the one-machine limit of the same arithmetic, with the ratings collected to the driver.
 
 Regularisation: with ``benchmark.tune`` each system's value is chosen from a small grid by
@@ -43,12 +43,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mfspark import columns as C
-from mfspark.als.kernels import RatingRows, Regularization, half_step, predict, tile_width
-from mfspark.als.model import ALSModel
-from mfspark.als.spark_als import SparkBlockSolver, check_broadcast_size
-from mfspark.als.train import ALSParams, LocalSolver, run_als
+from mfspark.blocks.rows import RatingRows, tile_width
 from mfspark.config import Config
 from mfspark.io import HadoopFS, join, read_manifest, staged_outputs, update_manifest
+from mfspark.models.als.kernels import Regularization, half_step
+from mfspark.models.als.spark import SparkBlockSolver, check_broadcast_size
+from mfspark.models.als.train import ALSParams, LocalSolver, run_als
+from mfspark.models.factor_model import FactorModel
+from mfspark.models.factors import predict
 from mfspark.prepare import Prepared, run_prepare
 from mfspark.splits import unit_hash
 
@@ -349,7 +351,7 @@ def planted_truth_rmse(spark, out: str, test: DataFrame, clip) -> float | None:
     path = join(out, C.SYNTHETIC_TRUTH)
     if not HadoopFS(spark).exists(join(path, "metadata")):
         return None
-    truth = ALSModel.load(spark, path)
+    truth = FactorModel.load(spark, path)
     truth.metadata["clip_min"], truth.metadata["clip_max"] = clip
     scored = truth.transform(test.select(C.USER_ID, C.ITEM_ID, C.RATING))
     return float(scored.agg(F.sqrt(F.avg((F.col(C.PREDICTION) - F.col(C.RATING)) ** 2))).first()[0])
@@ -364,7 +366,7 @@ def oracle_floor_rmse(spark, out: str, train_arrays, test_arrays, clip) -> float
     path = join(out, C.SYNTHETIC_TRUTH)
     if not HadoopFS(spark).exists(join(path, "metadata")):
         return None
-    truth = ALSModel.load(spark, path)
+    truth = FactorModel.load(spark, path)
     meta, p = truth.metadata, truth.params
     noise = float(meta["noise_var"]) + float(meta["rounding_var"])
     prior = Regularization(

@@ -41,12 +41,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mfspark import columns as C
-from mfspark.als.kernels import Regularization
-from mfspark.als.model import COLD_START_STRATEGIES, ALSModel
-from mfspark.als.spark_als import SparkBlockSolver
-from mfspark.als.train import ALSParams, run_als
 from mfspark.errors import MfsparkError
 from mfspark.indexing import dense_index
+from mfspark.models.als.kernels import Regularization
+from mfspark.models.als.spark import SparkBlockSolver
+from mfspark.models.als.train import ALSParams, run_als
+from mfspark.models.factor_model import COLD_START_STRATEGIES, FactorModel
 
 
 class _BiasedALSParams(HasMaxIter, HasRegParam, HasPredictionCol, HasSeed, HasTol):
@@ -235,7 +235,7 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
             "n_items": n_items,
             "n_train": solver.n_train,
         }
-        model = BiasedALSModel(ALSModel(result.model, users, items, metadata))
+        model = BiasedALSModel(FactorModel(result.model, users, items, metadata))
         self._copyValues(model)
         return model
 
@@ -250,7 +250,7 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
 class BiasedALSModel(Model, _BiasedALSParams, MLReadable, MLWritable):
     """A fitted :class:`BiasedALS`: ``transform`` adds ``predictionCol``."""
 
-    def __init__(self, als_model: ALSModel | None = None):
+    def __init__(self, als_model: FactorModel | None = None):
         super().__init__()
         self.als_model = als_model
 
@@ -310,7 +310,7 @@ class _BiasedALSModelReader(MLReader):
 
     def load(self, path: str) -> BiasedALSModel:
         metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        model = self.cls(ALSModel.load(self.sparkSession, os.path.join(path, "model")))
+        model = self.cls(FactorModel.load(self.sparkSession, os.path.join(path, "model")))
         model._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(model, metadata)
         return model

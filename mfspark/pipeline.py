@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 STAGE_FUNCTIONS = {
     "prepare": ("mfspark.prepare", "run_prepare"),
-    "train_als": ("mfspark.als.job", "run_train_als"),
+    "train_als": ("mfspark.models.als.job", "run_train_als"),
     "evaluate": ("mfspark.evaluation", "run_evaluate"),
     "build_autoencoder_inputs": ("mfspark.autoencoder", "run_build_autoencoder_inputs"),
 }

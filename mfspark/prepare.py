@@ -377,7 +377,7 @@ def write_truth(stage, synthetic, users: DataFrame, items: DataFrame) -> None:
     """Write the planted model in the model layout (ids, idx, bias, factors, n_train, metadata).
 
     Planted entities without any rating have a null idx and n_train 0; loading the truth
-    as a model (:meth:`mfspark.als.model.ALSModel.load`) skips them.
+    as a model (:meth:`mfspark.models.factor_model.FactorModel.load`) skips them.
     """
     spark = users.sparkSession
     for truth, index, id_col, idx_col, name in (

@@ -5,15 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mfspark.als.kernels import (
-    RatingRows,
-    Regularization,
-    half_step,
-    reference_half_step,
-    seeded_normal,
-    squared_error,
-)
-from mfspark.als.train import ALSParams, LocalSolver, objective, run_als
+from mfspark.blocks.random import seeded_normal
+from mfspark.blocks.rows import RatingRows
+from mfspark.models.als.kernels import Regularization, half_step, reference_half_step
+from mfspark.models.als.train import ALSParams, LocalSolver, objective, run_als
+from mfspark.models.factors import squared_error
 
 
 def random_ratings(rng, n_rows, n_cols, nnz):
@@ -56,7 +52,7 @@ def test_block_solver_equals_per_row_solve(scaling, width):
 def test_in_place_product_equals_public_scipy_product(monkeypatch, dtype):
     """half_step calls scipy's private CSR kernel to accumulate in place; its results must
     be those of the public ``csr_matrix @ dense`` it falls back to."""
-    import mfspark.als.kernels as K
+    import mfspark.blocks.rows as K
 
     rng = np.random.default_rng(5)
     rows, cols, vals = random_ratings(rng, 200, 90, 3000)

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mfspark.als.model import ALSModel
-from mfspark.als.spark_als import SparkBlockSolver, check_broadcast_size
-from mfspark.als.train import ALSParams, LocalSolver, run_als
 from mfspark.errors import MfsparkError
+from mfspark.models.als.spark import SparkBlockSolver, check_broadcast_size
+from mfspark.models.als.train import ALSParams, LocalSolver, run_als
+from mfspark.models.factor_model import FactorModel
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +86,18 @@ def test_lost_block_files_are_rebuilt_from_the_shuffle(spark, ratings, caplog):
     shuffle output and solved in memory, with the same result."""
     import shutil
 
-    from mfspark.als.train import USER
+    from mfspark.blocks.rows import USER
 
     params = ALSParams(rank=4, max_iter=3, tol=0.0, clip=(1.0, 5.0))
     want, _ = fit_spark(spark, ratings, params, 3, 2)
     train_df, test_df, _, _, n_users, n_items = ratings
     solver = SparkBlockSolver(spark, train_df, test_df, n_users, n_items, params, 3, 2)
     try:
-        tokens = solver.tokens.collect()
+        tokens = solver.store.tokens.collect()
         lost = [t for t in tokens if t["side"] == USER and t["block"] == 1]
         assert len(lost) == 1 and os.path.isdir(lost[0]["dir"])
         shutil.rmtree(lost[0]["dir"])
-        with caplog.at_level("WARNING", logger="mfspark.als.spark_als"):
+        with caplog.at_level("WARNING", logger="mfspark.blocks.spark"):
             got = run_als(solver, params)
     finally:
         solver.close()
@@ -113,7 +113,7 @@ def test_model_roundtrip_and_cold_fallback(spark, ratings, tmp_path):
     ids = lambda n, col, idx: spark.createDataFrame(  # noqa: E731
         pd.DataFrame({col: np.arange(n) * 10, idx: np.arange(n, dtype=np.int32)})
     )
-    model = ALSModel(
+    model = FactorModel(
         result.model,
         ids(n_users, "user_id", "user_idx"),
         ids(n_items, "item_id", "item_idx"),
@@ -121,7 +121,7 @@ def test_model_roundtrip_and_cold_fallback(spark, ratings, tmp_path):
     )
     path = str(tmp_path / "model")
     model.save(path)
-    loaded = ALSModel.load(spark, path)
+    loaded = FactorModel.load(spark, path)
     np.testing.assert_array_equal(loaded.params.user_factors, model.params.user_factors)
     np.testing.assert_array_equal(loaded.params.item_bias, model.params.item_bias.astype(np.float64))
     # transform by original id, including ids the model never saw

@@ -16,11 +16,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mfspark import columns as C
-from mfspark.als.model import ALSModel
-from mfspark.als.spark_als import SparkBlockSolver, check_broadcast_size
-from mfspark.als.train import ALSParams, ALSResult, run_als
 from mfspark.config import Config
 from mfspark.io import staged_outputs, update_manifest
+from mfspark.models.als.spark import SparkBlockSolver, check_broadcast_size
+from mfspark.models.als.train import ALSParams, ALSResult, run_als
+from mfspark.models.factor_model import FactorModel
 from mfspark.prepare import Prepared
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def fit_prepared(
     items: DataFrame,
     cfg: Config,
     name: str = MODEL_NAME,
-) -> tuple[ALSModel, ALSResult, float]:
+) -> tuple[FactorModel, ALSResult, float]:
     """Fit on indexed ratings; returns (model, result, setup seconds).
 
     Predictions are clipped to the range of the training ratings when
@@ -71,7 +71,7 @@ def fit_prepared(
         "n_items": n_items,
         "n_train": solver.n_train,
     }
-    model = ALSModel(
+    model = FactorModel(
         result.model, users.select(C.USER_ID, C.USER_IDX), items.select(C.ITEM_ID, C.ITEM_IDX), metadata
     )
     return model, result, solver.setup_seconds

@@ -30,9 +30,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mfspark import columns as C
-from mfspark.als.train import BiasedMF
 from mfspark.errors import InputError
 from mfspark.io import HadoopFS, join
+from mfspark.models.factors import BiasedMF, predict
 
 COLD_START_STRATEGIES = ("fallback", "nan", "drop")
 METADATA_FIELDS = (
@@ -56,7 +56,7 @@ METADATA_SCHEMA = T.StructType([T.StructField(n, t, True) for n, t in METADATA_F
 
 
 @dataclass
-class ALSModel:
+class FactorModel:
     """Parameters (numpy, by dense index) plus the id ↔ index tables (Spark)."""
 
     params: BiasedMF
@@ -131,7 +131,7 @@ class ALSModel:
         self.metadata_frame(spark).coalesce(1).write.mode(mode).parquet(join(path, "metadata"))
 
     @classmethod
-    def load(cls, spark: SparkSession, path: str) -> ALSModel:
+    def load(cls, spark: SparkSession, path: str) -> FactorModel:
         fs = HadoopFS(spark)
         for name in ("user_factors", "item_factors", "metadata"):
             if not fs.exists(join(path, name)):
@@ -188,7 +188,7 @@ class ALSModel:
             for batch in batches:
                 u = _index_array(batch.column(user_idx))
                 i = _index_array(batch.column(item_idx))
-                pred = predict_arrays(mu, uf, ub, itf, ib, u, i, clip)
+                pred = predict(mu, uf, ub, itf, ib, u, i, clip)
                 if nan_cold:
                     pred[~(_lookup(user_trained, u) & _lookup(item_trained, i))] = np.nan
                 yield pa.RecordBatch.from_arrays(
@@ -238,20 +238,6 @@ def _lookup(flags: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """flags[idx], False where idx is −1 or out of range."""
     ok = (idx >= 0) & (idx < len(flags))
     return ok & flags[np.where(ok, idx, 0)]
-
-
-def predict_arrays(mu, uf, ub, itf, ib, u, i, clip) -> np.ndarray:
-    """Vectorised prediction; index −1 (or out of range) means unknown to the model."""
-    known_u = (u >= 0) & (u < len(ub))
-    known_i = (i >= 0) & (i < len(ib))
-    uu, ii = np.where(known_u, u, 0), np.where(known_i, i, 0)
-    # same association as mfspark.als.kernels.predict, so both give identical numbers
-    pred = mu + (np.where(known_u, ub[uu], 0.0) + np.where(known_i, ib[ii], 0.0))
-    both = known_u & known_i
-    pred[both] += np.einsum("ij,ij->i", uf[uu[both]], itf[ii[both]], dtype=np.float64)
-    if clip is not None:
-        np.clip(pred, clip[0], clip[1], out=pred)
-    return pred
 
 
 def _factors_to_numpy(df: DataFrame, idx_col: str, rank: int):

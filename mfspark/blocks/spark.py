@@ -1,10 +1,10 @@
-"""Blocked ALS on Spark: ratings partitioned once, the fixed side broadcast each half-step.
+"""Rating blocks on Spark: ratings partitioned once, a per-block function run over one side.
 
 Set-up (one Spark job): every input partition of the train (and test) ratings is split, in
 numpy, by user block (user index mod ``num_user_blocks``) and by item block (item index mod
 ``num_item_blocks``); each piece travels as a few large byte arrays through one shuffle whose
 partitions are exactly the blocks (user blocks first, then item blocks), and each reduce task
-builds its block of column-tiled CSR arrays (:class:`mfspark.als.kernels.RatingRows`). The
+builds its block of column-tiled CSR arrays (:class:`mfspark.blocks.rows.RatingRows`). The
 JVM only moves opaque bytes: no per-rating rows are built, converted or pickled. Item blocks
 also carry the test ratings of their items, so the masked test error is computed where the
 new item factors are born.
@@ -17,11 +17,12 @@ arrays (from the page cache: no copy, no deserialisation). Should a task run whe
 are not (an executor was lost, or the scheduler gave up on locality), that block is rebuilt
 from the shuffle output and solved from memory instead: slower, never wrong.
 
-Each half-step: broadcast the fixed side's factors and biases (float32), solve every entity
-of each block at once (:func:`mfspark.als.kernels.half_step`), collect only the solved
-factors, destroy the broadcast. The ratings are never shuffled again.
+Each pass over a side (:meth:`BlockStore.run`): broadcast what the model needs from the fixed
+side (ALS: its factors and biases), run the model's per-block function on every block of the
+side at once, collect only its small result, destroy the broadcast. The ratings are never
+shuffled again. ALS (:mod:`mfspark.models.als.spark`) and Bayesian MF use the same store.
 
-Because a row's result depends only on its own ratings and the broadcast, the factors are
+Because a row's result depends only on its own ratings and the broadcast, results are
 identical for any number of blocks or partitions.
 """
 
@@ -43,8 +44,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mfspark import columns as C
-from mfspark.als.kernels import RatingRows, half_step, squared_error, tile_width
-from mfspark.als.train import ITEM, USER, ALSParams, SideOutcome
+from mfspark.blocks.rows import ITEM, USER, RatingRows
 from mfspark.errors import MfsparkError
 
 log = logging.getLogger(__name__)
@@ -222,57 +222,42 @@ def _remove_fn():
     return remove
 
 
-def _solve_block(side: str, train: RatingRows, test: RatingRows, broadcast, global_mean, params) -> dict:
-    from mfspark.session import worker_single_thread
-
-    worker_single_thread()
-    started = time.perf_counter()
-    fixed_factors, fixed_bias = broadcast.value
-    res = half_step(train, fixed_factors, fixed_bias, global_mean, params.reg, params.dtype)
-    out = {
-        "rows": res.rows,
-        "factors": res.factors,
-        "bias": res.bias,
-        "counts": res.counts,
-        "sse": res.sse,
-        "penalty": res.penalty,
-        "test_sse": 0.0,
-        "test_abs": 0.0,
-        "test_n": 0,
-    }
-    if side == ITEM and test.nnz:
-        out["test_sse"], out["test_abs"], out["test_n"] = squared_error(
-            global_mean, res.factors, res.bias, fixed_factors, fixed_bias, test, params.clip
-        )
-    out["seconds"] = time.perf_counter() - started
-    return out
-
-
-def _solve_stored_fn(side: str, broadcast, global_mean: float, params: ALSParams):
-    def solve(tokens):
+def _run_stored_fn(side: str, block_fn, payload):
+    def run(tokens):
         for token in tokens:
             block = open_block(token["dir"])
             if block is None:
                 yield {"missing": token["block"]}
             else:
-                yield _solve_block(side, *block, broadcast, global_mean, params)
+                yield _timed(block_fn, side, *block, payload)
 
-    return solve
+    return run
 
 
-def _solve_packed_fn(side: str, broadcast, global_mean: float, params: ALSParams):
-    def solve(blocks):
+def _run_packed_fn(side: str, block_fn, payload):
+    def run(blocks):
         for block in blocks:
-            yield _solve_block(side, block["train"], block["test"], broadcast, global_mean, params)
+            yield _timed(block_fn, side, block["train"], block["test"], payload)
 
-    return solve
+    return run
 
 
-class SparkBlockSolver:
-    """The :class:`~mfspark.als.train.SideSolver` over cached Spark blocks.
+def _timed(block_fn, side, train, test, payload) -> dict:
+    from mfspark.session import worker_single_thread
+
+    worker_single_thread()
+    started = time.perf_counter()
+    out = block_fn(side, train, test, payload.value)
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+class BlockStore:
+    """Train (and test) ratings cut once into user blocks and item blocks, kept on executors.
 
     ``train``/``test`` hold ``user_idx``, ``item_idx``, ``rating``; ``n_users``/``n_items``
-    are the index sizes (entities without train ratings keep factor 0 and bias 0).
+    are the index sizes. After set-up the store knows every entity's train rating count, the
+    global mean and the sizes, without a rating on the driver.
     """
 
     def __init__(
@@ -282,12 +267,12 @@ class SparkBlockSolver:
         test: DataFrame | None,
         n_users: int,
         n_items: int,
-        params: ALSParams,
+        width: int,
         num_user_blocks: int = 0,
         num_item_blocks: int = 0,
     ):
         started = time.perf_counter()
-        self.spark, self.params = spark, params
+        self.spark = spark
         self.n_users, self.n_items = n_users, n_items
         parallelism = spark.sparkContext.defaultParallelism
         self.num_blocks = {USER: num_user_blocks or parallelism, ITEM: num_item_blocks or parallelism}
@@ -296,8 +281,7 @@ class SparkBlockSolver:
             USER: list(range(n_user_blocks)),
             ITEM: list(range(n_user_blocks, n_user_blocks + self.num_blocks[ITEM])),
         }
-        width = tile_width(params.rank)
-        self.store_dir = f"mfspark-als-{uuid.uuid4().hex[:12]}"
+        self.store_dir = f"mfspark-blocks-{uuid.uuid4().hex[:12]}"
         ratings = [train.select(C.USER_IDX, C.ITEM_IDX, C.RATING, F.lit(False).alias("is_test"))]
         if test is not None:
             ratings.append(test.select(C.USER_IDX, C.ITEM_IDX, C.RATING, F.lit(True).alias("is_test")))
@@ -313,18 +297,21 @@ class SparkBlockSolver:
         self.tokens = shuffled.mapPartitionsWithIndex(
             _build_fn(width, n_user_blocks, self.store_dir)
         ).persist(StorageLevel.MEMORY_ONLY)
-        per_block = [t for t in self.tokens.collect() if t["side"] == ITEM]
-        self.item_counts = np.zeros(n_items, dtype=np.int64)
-        for token in per_block:
-            self.item_counts[token["rows"]] = token["counts"]
-        self.n_train = int(self.item_counts.sum())
+        tokens = self.tokens.collect()
+        self.counts = {
+            side: np.zeros(n, dtype=np.int64) for side, n in ((USER, n_users), (ITEM, n_items))
+        }
+        for token in tokens:
+            self.counts[token["side"]][token["rows"]] = token["counts"]
+        per_block = [t for t in tokens if t["side"] == ITEM]
+        self.n_train = int(self.counts[ITEM].sum())
         if not self.n_train:
             raise MfsparkError("the training set is empty; nothing to fit")
         self.global_mean = sum(t["value_sum"] for t in per_block) / self.n_train
         self.n_test = int(sum(t["n_test"] for t in per_block))
         self.setup_seconds = time.perf_counter() - started
         log.info(
-            "ALS blocks cached: %d user blocks, %d item blocks, %s train and %s test ratings, "
+            "rating blocks cached: %d user blocks, %d item blocks, %s train and %s test ratings, "
             "global mean %.4f (%.1f s)",
             self.num_blocks[USER],
             self.num_blocks[ITEM],
@@ -334,18 +321,23 @@ class SparkBlockSolver:
             self.setup_seconds,
         )
 
-    def solve(self, side: str, fixed_factors: np.ndarray, fixed_bias: np.ndarray) -> SideOutcome:
-        started = time.perf_counter()
+    @property
+    def item_counts(self) -> np.ndarray:
+        return self.counts[ITEM]
+
+    def run(self, side: str, payload, block_fn) -> list[dict]:
+        """``block_fn(side, train, test, payload)`` on every block of ``side``; its dicts.
+
+        ``payload`` (numpy arrays, a few numbers) is broadcast once and destroyed afterwards;
+        ``block_fn`` must return a small dict (what the driver needs: solved rows, sums).
+        Each returned dict also carries ``seconds``, the block's compute time.
+        """
         sc = self.spark.sparkContext
-        broadcast = sc.broadcast(
-            (
-                np.ascontiguousarray(fixed_factors, np.float32),
-                np.ascontiguousarray(fixed_bias, np.float32),
-            )
-        )
+        broadcast = sc.broadcast(payload)
         try:
-            solve_stored = _solve_stored_fn(side, broadcast, self.global_mean, self.params)
-            parts = sc.runJob(self.tokens, solve_stored, self.partitions[side])
+            parts = sc.runJob(
+                self.tokens, _run_stored_fn(side, block_fn, broadcast), self.partitions[side]
+            )
             missing = [p["missing"] for p in parts if "missing" in p]
             if missing:
                 log.warning(
@@ -355,33 +347,12 @@ class SparkBlockSolver:
                     missing,
                 )
                 offset = self.partitions[side][0]
-                solve_packed = _solve_packed_fn(side, broadcast, self.global_mean, self.params)
                 parts = [p for p in parts if "missing" not in p] + sc.runJob(
-                    self.packed, solve_packed, [offset + b for b in missing]
+                    self.packed, _run_packed_fn(side, block_fn, broadcast), [offset + b for b in missing]
                 )
         finally:
             broadcast.destroy()
-        log.debug(
-            "%s half-step: %.2f s in Spark, blocks solved in %s s",
-            side,
-            time.perf_counter() - started,
-            ", ".join(f"{p['seconds']:.2f}" for p in parts),
-        )
-        k = fixed_factors.shape[1]
-        cat = lambda key, dtype: (  # noqa: E731
-            np.concatenate([p[key] for p in parts]) if parts else np.empty(0, dtype)
-        )
-        return SideOutcome(
-            rows=cat("rows", np.int32),
-            factors=cat("factors", np.float32).reshape(-1, k),
-            bias=cat("bias", np.float32),
-            counts=cat("counts", np.int64),
-            sse=float(sum(p["sse"] for p in parts)),
-            penalty=float(sum(p["penalty"] for p in parts)),
-            test_sse=float(sum(p["test_sse"] for p in parts)),
-            test_abs=float(sum(p["test_abs"] for p in parts)),
-            test_n=int(sum(p["test_n"] for p in parts)),
-        )
+        return parts
 
     def close(self) -> None:
         """Delete the stored blocks and drop the cached tokens."""
@@ -389,16 +360,3 @@ class SparkBlockSolver:
             self.tokens.foreach(_remove_fn())
         finally:
             self.tokens.unpersist()
-
-
-def check_broadcast_size(n_users: int, n_items: int, rank: int, limit_mb: float) -> None:
-    """Fail before training when a side's factors are too large to broadcast."""
-    for side, n in ((USER, n_users), (ITEM, n_items)):
-        mb = n * (rank + 1) * 4 / 2**20
-        if mb > limit_mb:
-            raise MfsparkError(
-                f"the {side} side's factors are {n:,} x {rank} floats + biases = {mb:,.0f} MB, "
-                f"over als.max_broadcast_mb={limit_mb:g}: every executor holds a copy each "
-                "half-step. Lower als.rank, or give executors more memory and raise "
-                "als.max_broadcast_mb"
-            )

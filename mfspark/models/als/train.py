@@ -3,8 +3,8 @@
 The loop only needs a *side solver*: something that, given the fixed side's factors and
 biases, solves every entity of the other side and reports the squared error, penalty and
 (on the item side) the masked test error. :class:`LocalSolver` does it in one process with
-numpy; :class:`mfspark.als.spark_als.SparkBlockSolver` does it on cached Spark blocks with a
-broadcast of the fixed side. Both call :func:`mfspark.als.kernels.half_step`.
+numpy; :class:`mfspark.models.als.spark.SparkBlockSolver` does it on cached Spark blocks with a
+broadcast of the fixed side. Both call :func:`mfspark.models.als.kernels.half_step`.
 
 Each iteration is a user half-step then an item half-step. The objective J after a half-step
 is the new side's squared error and penalty plus the other side's penalty; it never
@@ -22,19 +22,12 @@ from typing import Protocol
 
 import numpy as np
 
-from mfspark.als.kernels import (
-    RatingRows,
-    Regularization,
-    half_step,
-    predict,
-    seeded_normal,
-    squared_error,
-    tile_width,
-)
+from mfspark.blocks.random import seeded_normal
+from mfspark.blocks.rows import ITEM, USER, RatingRows, tile_width
+from mfspark.models.als.kernels import Regularization, half_step
+from mfspark.models.factors import BiasedMF, squared_error
 
 log = logging.getLogger(__name__)
-
-USER, ITEM = "user", "item"
 
 
 @dataclass(frozen=True)
@@ -89,35 +82,6 @@ class SideSolver(Protocol):
 
     def solve(self, side: str, fixed_factors: np.ndarray, fixed_bias: np.ndarray) -> SideOutcome:
         """Solve every entity of ``side`` with the other side fixed."""
-
-
-@dataclass
-class BiasedMF:
-    """Fitted parameters, indexed by dense user/item index."""
-
-    global_mean: float
-    user_factors: np.ndarray
-    user_bias: np.ndarray
-    item_factors: np.ndarray
-    item_bias: np.ndarray
-    user_counts: np.ndarray | None = None  # train ratings per user (0: never trained)
-    item_counts: np.ndarray | None = None
-
-    @property
-    def rank(self) -> int:
-        return self.user_factors.shape[1]
-
-    def predict(self, user_idx: np.ndarray, item_idx: np.ndarray, clip=None) -> np.ndarray:
-        return predict(
-            self.global_mean,
-            self.user_factors,
-            self.user_bias,
-            self.item_factors,
-            self.item_bias,
-            user_idx,
-            item_idx,
-            clip,
-        )
 
 
 @dataclass

@@ -1,0 +1,236 @@
+"""Rating blocks: the ratings of a set of rows, tiled by column, and the normal equations
+every factor model builds from them — no Spark here, so they are tested without a JVM.
+
+A *block* holds the ratings of some rows (the entities being solved: users, or items) against
+the *fixed* side (the other entities, with factors u_j and biases c_j). Every bilinear model in
+mfspark (ALS, Bayesian MF, ...) needs, for each row i of a block, the same two sums over its
+ratings, with the augmented vectors ũ_j = [u_j, 1]:
+
+    G_i = Σ_j∈Ω_i ũ_j ũ_jᵀ              (the Gram matrix, (k+1) × (k+1))
+    b_i = Σ_j∈Ω_i (r_ij − μ − c_j) ũ_j    (the right-hand side)
+
+:func:`normal_equations` computes them for a whole block at once:
+
+* the Gram matrices are one sparse × dense product: the rows' 0/1 pattern (CSR) times the
+  matrix P whose row j holds the upper triangle of ũ_j ũ_jᵀ ((k+1)(k+2)/2 columns);
+* the right-hand sides are the CSR of targets t_ij = r_ij − μ − c_j times Ũ.
+
+No Python loop runs over rows or ratings. Each row's arithmetic depends only on its own
+ratings (kept in ascending column order), so a row gets bit-identical sums whichever block it
+is in: results never depend on the number of blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+try:  # scipy's CSR × dense kernel, called directly so it accumulates in place
+    from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
+except ImportError:  # pragma: no cover
+    _csr_matvecs = None
+
+#: The two sides. A block holds rows of one side; its columns index the other.
+USER, ITEM = "user", "item"
+
+# Rows per chunk of a block: bounds the dense (rows × (k+1)²) float64 work arrays.
+CHUNK_ROWS = 32_768
+
+#: Width of a column tile when the fixed side has rank 10: its packed outer products
+#: (66 float32 per entity) then fill about 1 MB, one core's L2 cache (see tile_width).
+CACHE_BYTES = 1 << 20
+
+
+def tile_width(rank: int) -> int:
+    """Fixed-side entities per column tile for ``rank``: a power of two whose packed outer
+    products fit in ``CACHE_BYTES`` (a function of the rank only, so results never depend
+    on blocking)."""
+    per_entity = (rank + 1) * (rank + 2) // 2 * 4
+    return int(2 ** max(6, int(np.log2(max(1, CACHE_BYTES // per_entity)))))
+
+
+@dataclass
+class RatingRows:
+    """Ratings of a set of rows (the entities being solved), tiled by column.
+
+    The fixed side's index range is cut into tiles of ``tile_width`` columns and the
+    ratings are stored tile by tile, each tile a CSR over all rows: rating p of row r in
+    tile t has ``indptr[t, r] <= p < indptr[t, r + 1]``, column ``t * tile_width + cols[p]``
+    (columns ascending within a row) and value ``values[p]``. A sparse × dense product tile
+    by tile reads only one tile's slice of the dense operand, which stays in cache; on
+    MovieLens-20M-sized blocks that is about 4x faster than one product over all columns.
+    One tile as wide as the fixed side is a plain CSR. Rows may have no ratings.
+    """
+
+    rows: np.ndarray  # int32 (n,) global indices of the rows
+    indptr: np.ndarray  # int64 (n_tiles, n+1) offsets into cols/values
+    cols: np.ndarray  # int32 (nnz,) column within its tile
+    values: np.ndarray  # float32 (nnz,)
+    tile_width: int
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
+    @property
+    def n_tiles(self) -> int:
+        return self.indptr.shape[0]
+
+    @property
+    def nnz(self) -> int:
+        return len(self.cols)
+
+    def counts(self) -> np.ndarray:
+        """Ratings per row."""
+        return (self.indptr[:, 1:] - self.indptr[:, :-1]).sum(axis=0)
+
+    def tile(self, t: int, start: int, stop: int) -> tuple[int, int, np.ndarray]:
+        """(first, last) rating offsets and the rebased indptr of rows start..stop in tile t."""
+        ptr = self.indptr[t, start : stop + 1]
+        return int(ptr[0]), int(ptr[-1]), ptr - ptr[0]
+
+    def global_cols(self) -> np.ndarray:
+        """Global column of every stored rating (in storage order)."""
+        out = self.cols.astype(np.int64)
+        for t in range(1, self.n_tiles):
+            out[self.indptr[t, 0] : self.indptr[t, -1]] += t * self.tile_width
+        return out
+
+    def row_positions(self) -> np.ndarray:
+        """Row position (0..n-1) of every stored rating (in storage order)."""
+        out = np.empty(self.nnz, dtype=np.int64)
+        for t in range(self.n_tiles):
+            a, b, ptr = self.tile(t, 0, self.n_rows)
+            out[a:b] = np.repeat(np.arange(self.n_rows), np.diff(ptr))
+        return out
+
+    @staticmethod
+    def from_coo(
+        rows: np.ndarray,
+        cols: np.ndarray,
+        values: np.ndarray,
+        entities: np.ndarray | None = None,
+        width: int | None = None,
+    ) -> RatingRows:
+        """Tile (row, col, value) triples; ``width=None`` gives one tile (a plain CSR).
+
+        ``entities`` (sorted, unique) lists the rows to include, also those without ratings;
+        by default the distinct values of ``rows``.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        if entities is None:
+            entities = np.unique(rows)
+        entities = np.asarray(entities, dtype=np.int64)
+        pos = np.searchsorted(entities, rows)
+        if len(rows) and (pos.max() >= len(entities) or not np.array_equal(entities[pos], rows)):
+            raise ValueError("ratings for rows that are not among the entities")
+        n_cols = int(cols.max()) + 1 if len(cols) else 1
+        width = int(width) if width else max(n_cols, 1)
+        n_tiles = max(1, -(-n_cols // width))
+        tile, local = np.divmod(cols, width)
+        n = len(entities)
+        # one stable sort of a combined (tile, row, col) key
+        cell = tile * n + pos
+        order = np.argsort(cell * width + local, kind="stable")
+        starts = np.zeros(n_tiles * n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cell, minlength=n_tiles * n), out=starts[1:])
+        indptr = np.stack([starts[t * n : t * n + n + 1] for t in range(n_tiles)])
+        return RatingRows(
+            entities.astype(np.int32),
+            indptr,
+            np.take(local, order).astype(np.int32),
+            np.take(np.asarray(values), order).astype(np.float32),
+            width,
+        )
+
+
+def triangle_layout(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, col) of the packed upper triangle, and the packed position of every full cell."""
+    iu, ju = np.triu_indices(dim)
+    full = np.empty((dim, dim), dtype=np.int64)
+    full[iu, ju] = np.arange(len(iu))
+    full[ju, iu] = np.arange(len(iu))
+    return iu, ju, full.ravel()
+
+
+def _padded(width: int) -> int:
+    """Columns of a dense operand padded to a multiple of 4: scipy's CSR × dense loop runs
+    ~30% faster on 12 columns than on 11 (the padding columns are zeros, never read back)."""
+    return -(-width // 4) * 4
+
+
+def _accumulate(out: np.ndarray, ptr: np.ndarray, cols: np.ndarray, data, dense: np.ndarray):
+    """``out += CSR(data, cols, ptr) @ dense`` in place (no temporary the size of ``out``)."""
+    if _csr_matvecs is not None:
+        _csr_matvecs(out.shape[0], dense.shape[0], dense.shape[1], ptr, cols, data, dense, out)
+    else:  # pragma: no cover - scipy moved its private kernel
+        out += sp.csr_matrix((data, cols, ptr), shape=(out.shape[0], dense.shape[0])) @ dense
+
+
+@dataclass
+class NormalEquations:
+    """The normal-equation pieces of rows ``start:stop`` of a block (float64)."""
+
+    start: int
+    stop: int
+    gram: np.ndarray  # (n, k+1, k+1): G_i
+    rhs: np.ndarray  # (n, k+1): b_i
+    counts: np.ndarray  # (n,) ratings per row
+    target_sq: float  # Σ t_ij² over the chunk's ratings
+
+
+def normal_equations(
+    block: RatingRows,
+    fixed_factors: np.ndarray,
+    fixed_bias: np.ndarray,
+    global_mean: float,
+    dtype=np.float32,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[NormalEquations]:
+    """G_i and b_i (module docstring) for every row of ``block``, chunk by chunk.
+
+    ``dtype`` is the precision of the sparse products (float32 is ~2x faster); the returned
+    arrays are float64, ready for a solve or a Cholesky factorisation.
+    """
+    k = fixed_factors.shape[1]
+    dim = k + 1
+    n_fixed = fixed_factors.shape[0]
+    iu, ju, full = triangle_layout(dim)
+    n_packed, n_aug = _padded(len(iu)), _padded(dim)
+    u_aug = np.zeros((n_fixed, n_aug), dtype=dtype)
+    u_aug[:, :k] = fixed_factors
+    u_aug[:, k] = 1.0
+    outer = np.zeros((n_fixed, n_packed), dtype=dtype)  # P: row j = upper triangle of ũ_j ũ_jᵀ
+    np.multiply(u_aug[:, iu], u_aug[:, ju], out=outer[:, : len(iu)])
+    bias = fixed_bias.astype(dtype, copy=False)
+    mean = dtype(global_mean)
+    counts = block.counts()
+    ones = np.ones(int(np.max(np.diff(block.indptr[:, [0, -1]], axis=1), initial=0)), dtype)
+    for start in range(0, block.n_rows, chunk_rows):
+        stop = min(start + chunk_rows, block.n_rows)
+        n = stop - start
+        gram_packed = np.zeros((n, n_packed), dtype=dtype)
+        rhs = np.zeros((n, n_aug), dtype=dtype)
+        target_sq = 0.0  # Σ t² over the chunk: only the total is needed
+        for t in range(block.n_tiles):
+            a, b, ptr = block.tile(t, start, stop)
+            if a == b:
+                continue
+            first = t * block.tile_width
+            last = min(first + block.tile_width, n_fixed)
+            cols = np.asarray(block.cols[a:b])
+            ptr = ptr.astype(cols.dtype)
+            target = block.values[a:b].astype(dtype, copy=False) - mean
+            target -= np.take(bias[first:last], cols)
+            _accumulate(gram_packed, ptr, cols, ones[: b - a], outer[first:last])
+            _accumulate(rhs, ptr, cols, target, u_aug[first:last])
+            target_sq += float(np.einsum("i,i->", target, target, dtype=np.float64))
+        gram = np.empty((n, dim, dim))
+        gram.reshape(n, dim * dim)[:] = np.take(gram_packed, full, axis=1)  # 4x faster than [:, full]
+        yield NormalEquations(
+            start, stop, gram, rhs[:, :dim].astype(np.float64), counts[start:stop], target_sq
+        )

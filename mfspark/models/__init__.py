@@ -1,0 +1,6 @@
+"""The models: one package per model, each holding only its own math and stage.
+
+Shared machinery lives elsewhere: rating blocks and their Spark store in :mod:`mfspark.blocks`,
+the prediction formula and parameter container of every biased factor model in
+:mod:`mfspark.models.factors`, its Parquet form in :mod:`mfspark.models.factor_model`.
+"""
