@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
-from mfspark import jobs
+from mfspark import __version__, jobs
 from mfspark.config import Config, default_config_file, load_config
 from mfspark.errors import MfsparkError
 
@@ -106,16 +106,6 @@ def job_main(
     ``--config`` the shipped ``conf/<config_name>`` is read.
     """
     args = parser_for(name, description, prog, config_name).parse_args(argv)
-    return run_parsed(name, run, preflight, args, config_name)
-
-
-def run_parsed(
-    name: str,
-    run: JobFn,
-    preflight: PreflightFn | None,
-    args: argparse.Namespace,
-    config_name: str = "local.toml",
-) -> int:
     setup_logging("INFO")
     spark = None
     started = time.time()
@@ -126,7 +116,7 @@ def run_parsed(
             preflight(cfg)
         from mfspark.session import build_session
 
-        log.info("mfspark %s (%s): %s", _version(), package_dir(), name)
+        log.info("mfspark %s (%s): %s", __version__, package_dir(), name)
         spark = build_session(cfg, name)
         run(cfg, spark)
         log.info("%s finished in %.1f s", name, time.time() - started)
@@ -154,12 +144,6 @@ def run_parsed(
             spark.stop()
 
 
-def _version() -> str:
-    from mfspark import __version__
-
-    return __version__
-
-
 def package_dir() -> str:
     """Where the running mfspark is imported from (an installed copy or a checkout)."""
     return os.path.dirname(os.path.abspath(__file__))
@@ -173,15 +157,16 @@ def job_path() -> str:
 def run_job(name: str, argv: Sequence[str], prog: str) -> int:
     """Run the job ``name`` of :data:`mfspark.jobs.JOBS` with its command-line flags."""
     job = jobs.BY_NAME[name]
-    return job_main(
-        name,
-        jobs.run_function(name),
-        job.description,
-        argv,
-        jobs.preflight_function(name),
-        prog=prog,
-        config_name=job.config,
-    )
+
+    def run(cfg: Config, spark) -> dict:  # imported only now: --help and bad flags stay quick
+        return jobs.run_function(name)(cfg, spark)
+
+    def preflight(cfg: Config) -> None:
+        check = jobs.preflight_function(name)
+        if check is not None:
+            check(cfg)
+
+    return job_main(name, run, job.description, argv, preflight, prog=prog, config_name=job.config)
 
 
 def job_file_main(path: str, argv: Sequence[str] | None = None) -> int:
@@ -204,7 +189,7 @@ def top_parser() -> argparse.ArgumentParser:
         f'  {" " * width}  spark-submit [options] "$({PROG} job-path)" JOB [--set ...]\n\n'
         f"{PROG} JOB --help shows a job's flags; `python -m mfspark JOB ...` is the same command.",
     )
-    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("job", metavar="JOB", help="a job name (listed below) or job-path")
     return p
 

@@ -42,7 +42,8 @@ DATA = [
     *("--set", "synthetic.n_users=300", "--set", "synthetic.n_items=200"),
     *("--set", "synthetic.n_ratings=20000", "--set", "als.max_iter=6", "--set", "als.tol=0"),
 ]
-RUN_TIMEOUT = 600  # seconds; a run takes well under a minute on an idle 2-core machine
+PREDICTION_STAGES = 'pipeline.stages=["prepare","train_als"]'
+RUN_TIMEOUT = 1200  # seconds; only a hung run should meet it, even on a busy machine
 
 
 def spark_home() -> Path:
@@ -247,6 +248,7 @@ def local_run(installed, processes) -> Run:
     out, log = installed.tmp / "out-local", installed.tmp / "local.log"
     cmd = [str(installed.venv / "bin" / "mfspark"), "pipeline", "--set", f"output.path={out}"]
     cmd += ["--set", "spark.master=local[2]", "--set", "spark.conf.spark.ui.enabled=false", *DATA]
+    cmd += ["--set", PREDICTION_STAGES]  # the predictions are all it is compared on
     return Run(processes.start(cmd, log, installed.env, installed.tmp), log, out)
 
 
@@ -378,9 +380,7 @@ def test_pipeline_survives_sigkill_of_an_executor_during_training(
     installed, cluster, processes, local_predictions
 ):
     # Only the stages up to the predictions: the kill is what is tested here.
-    run = submit(
-        installed, cluster, processes, "killed", "--set", 'pipeline.stages=["prepare","train_als"]'
-    )
+    run = submit(installed, cluster, processes, "killed", "--set", PREDICTION_STAGES)
     wait_for(r"als iteration 2:", run.log, run.proc, RUN_TIMEOUT)
     executors = executor_pids(cluster)
     assert len(executors) == 2, executors
