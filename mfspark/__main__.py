@@ -9,11 +9,12 @@ it alone to the node that runs the driver.
 import os
 import sys
 
-if not __package__:
-    # Run as a file (spark-submit …/mfspark/__main__.py): Python put this package's own
-    # directory first on sys.path, where its modules (config, io, session, …) would shadow
-    # top-level modules of the same names. Import mfspark as the package it is.
-    _here = os.path.dirname(os.path.abspath(__file__))
+_here = os.path.dirname(os.path.abspath(__file__))
+if not __package__ and os.path.isfile(os.path.join(_here, "__init__.py")):
+    # Run as a file of the installed package (spark-submit …/mfspark/__main__.py): Python put
+    # the package's own directory first on sys.path, where its modules (config, io, session, …)
+    # would shadow top-level modules of the same names. Import mfspark as the package it is.
+    # (A copy that spark-submit shipped alone to a cluster node is not in a package: kept as is.)
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 
 from mfspark.cli import main  # noqa: E402
