@@ -10,10 +10,12 @@ at ``evaluate.reconstruction_path`` with ``evaluate.reconstruction_orientation``
 
 import sys
 
-import _bootstrap  # noqa: F401  (makes a source checkout importable)
+try:
+    import _bootstrap  # noqa: F401  (makes a source checkout importable)
+except ModuleNotFoundError:  # shipped alone (spark-submit --deploy-mode cluster): mfspark is installed
+    pass
 
-from mfspark.cli import job_main
-from mfspark.evaluation import run_evaluate
+from mfspark.cli import job_file_main
 
 if __name__ == "__main__":
-    sys.exit(job_main("evaluate", run_evaluate, __doc__.splitlines()[0]))
+    sys.exit(job_file_main(__file__))  # the job of mfspark.jobs named like this file

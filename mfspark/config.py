@@ -13,6 +13,7 @@ what it allows.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,28 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from mfspark import jobs
 from mfspark.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "local.toml"
+
+def default_config_file(name: str = "local.toml"):
+    """The shipped config file ``conf/NAME`` (a ``Path``, or a ``Traversable`` inside a zip).
+
+    The repository's ``conf/`` directory is the only copy: a wheel installs it as the package
+    ``mfspark.conf``. In a source checkout (installed editable or only on ``sys.path``) the
+    ``conf/`` beside the ``mfspark`` directory is read directly, so a checkout never reads the
+    files of another installed copy.
+    """
+    beside = Path(__file__).resolve().parent.parent / "conf" / name
+    if beside.is_file():
+        return beside
+    try:
+        return importlib.resources.files("mfspark.conf") / name
+    except ModuleNotFoundError:  # neither a checkout nor an installed package: report the path
+        return beside
+
+
+DEFAULT_CONFIG = default_config_file()
 
 DATA_FORMATS = (
     "auto",
@@ -295,13 +315,13 @@ class BenchmarkConfig:
     )
 
 
-PIPELINE_STAGES = ("prepare", "train_als", "evaluate", "build_autoencoder_inputs")
+PIPELINE_STAGES = jobs.STAGES  # every job that can be a stage, in run order (mfspark/jobs.py)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     stages: list = field(
-        default_factory=lambda: list(PIPELINE_STAGES),
+        default_factory=lambda: list(jobs.DEFAULT_STAGES),
         metadata=_doc("Stages `jobs/pipeline.py` runs, in this order.", choices=PIPELINE_STAGES),
     )
 
@@ -532,9 +552,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Read a TOML config (default ``conf/local.toml``), apply ``--set`` overrides, validate."""
-    path = Path(path) if path else DEFAULT_CONFIG
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple = (), default=None
+) -> Config:
+    """Read a TOML config, apply ``--set`` overrides, validate.
+
+    Without ``path``: ``default`` (a file from :func:`default_config_file`), else
+    ``conf/local.toml``.
+    """
+    path = Path(path) if path else (default or DEFAULT_CONFIG)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}; pass an existing file with --config")
     try:

@@ -1,43 +1,37 @@
-"""``jobs/pipeline.py``: every stage in order, one Spark session, a short summary at the end.
+"""The ``pipeline`` job: every stage in order, one Spark session, a short summary at the end.
 
-Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs.
-Each stage is the same function its own job runs, so ``pipeline`` and the separate jobs
-give identical outputs.
+Stages (``pipeline.stages``; by default prepare → train_als → evaluate →
+build_autoencoder_inputs) are the jobs of :data:`mfspark.jobs.JOBS` marked as stages, and each
+stage is the same function its own job runs, so ``pipeline`` and the separate jobs give
+identical outputs.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 
 from pyspark.sql import SparkSession
 
 from mfspark import columns as C
+from mfspark import jobs
 from mfspark.config import Config
 from mfspark.io import join
 
 log = logging.getLogger(__name__)
 
-STAGE_FUNCTIONS = {
-    "prepare": ("mfspark.prepare", "run_prepare"),
-    "train_als": ("mfspark.models.als.job", "run_train_als"),
-    "evaluate": ("mfspark.evaluation", "run_evaluate"),
-    "build_autoencoder_inputs": ("mfspark.autoencoder", "run_build_autoencoder_inputs"),
-}
-
 
 def stage_function(name: str):
-    module, fn = STAGE_FUNCTIONS[name]
-    return getattr(importlib.import_module(module), fn)
+    """The function the stage ``name`` runs: the same one as its own job (``mfspark.jobs``)."""
+    return jobs.run_function(name)
 
 
 def preflight_pipeline(cfg: Config) -> None:
     """Checks that need no Spark (a missing input path fails before the JVM starts)."""
-    if "prepare" in cfg.pipeline.stages:
-        from mfspark.prepare import preflight_prepare
-
-        preflight_prepare(cfg)
+    for name in cfg.pipeline.stages:
+        check = jobs.preflight_function(name)
+        if check is not None:
+            check(cfg)
 
 
 def run_pipeline(cfg: Config, spark: SparkSession) -> dict:

@@ -1,0 +1,96 @@
+"""The one table of jobs: ``mfspark NAME``, ``python -m mfspark NAME``, ``jobs/NAME.py`` and
+the pipeline's stages all come from :data:`JOBS`.
+
+A job is a function ``run(cfg, spark) -> dict`` and, optionally, a ``preflight(cfg)`` that runs
+before Spark starts (checks that need no JVM, such as a missing local input). Functions are
+named as ``"module:function"`` strings and imported only when the job runs, so this module
+imports nothing heavy (the config module reads the stage names from it).
+
+Adding a job is one entry in :data:`JOBS` (plus, for ``python jobs/NAME.py``, a copy of any
+``jobs/*.py`` file: their body does not depend on the name).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# How a job takes part in the pipeline job.
+DEFAULT_STAGE = "default"  # a stage, run when `pipeline.stages` is left at its default
+OPTIONAL_STAGE = "optional"  # a stage, run only when `pipeline.stages` lists it
+NOT_A_STAGE = "no"  # a job of its own only
+_STAGE_KINDS = (DEFAULT_STAGE, OPTIONAL_STAGE, NOT_A_STAGE)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    run: str  # "module:function", called as function(cfg, spark) -> dict
+    description: str  # one line: `mfspark --help` and `mfspark NAME --help` show it
+    preflight: str = ""  # "module:function", called as function(cfg) before Spark starts
+    stage: str = DEFAULT_STAGE  # DEFAULT_STAGE | OPTIONAL_STAGE | NOT_A_STAGE; stages run in table order
+    config: str = "local.toml"  # the default --config: a file of the repository's conf/
+
+
+JOBS: tuple[Job, ...] = (
+    Job(
+        "prepare",
+        "mfspark.prepare:run_prepare",
+        "Read, validate, split and index ratings; write prepared/* and manifest.json.",
+        preflight="mfspark.prepare:preflight_prepare",
+    ),
+    Job(
+        "train_als",
+        "mfspark.models.als.job:run_train_als",
+        "Train blocked biased ALS on the prepared dataset; write model/, predictions, metrics/.",
+    ),
+    Job(
+        "evaluate",
+        "mfspark.evaluation:run_evaluate",
+        "Score predictions (or autoencoder reconstructions) on the held-out ratings; "
+        "write metrics/summary.",
+    ),
+    Job(
+        "build_autoencoder_inputs",
+        "mfspark.autoencoder:run_build_autoencoder_inputs",
+        "Build autoencoder inputs: ae_inputs/by_item, ae_inputs/by_user and ae_inputs/metadata.",
+    ),
+    Job(
+        "pipeline",
+        "mfspark.pipeline:run_pipeline",
+        "Run the stages of pipeline.stages in order in one Spark session; print a summary.",
+        preflight="mfspark.pipeline:preflight_pipeline",
+        stage=NOT_A_STAGE,
+    ),
+    Job(
+        "benchmark",
+        "mfspark.benchmark:run_benchmark",
+        "Benchmark Spark MLlib ALS, mfspark and single-process numpy ALS on the same data and split.",
+        preflight="mfspark.pipeline:preflight_pipeline",
+        stage=NOT_A_STAGE,
+        config="benchmark.toml",
+    ),
+)
+
+BY_NAME: dict[str, Job] = {job.name: job for job in JOBS}
+assert len(BY_NAME) == len(JOBS), "two jobs with one name"
+assert all(job.stage in _STAGE_KINDS for job in JOBS), "unknown stage kind"
+
+STAGES: tuple[str, ...] = tuple(job.name for job in JOBS if job.stage != NOT_A_STAGE)
+DEFAULT_STAGES: tuple[str, ...] = tuple(job.name for job in JOBS if job.stage == DEFAULT_STAGE)
+
+
+def resolve(target: str) -> Callable:
+    """The function named by ``"module:function"``."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_function(name: str) -> Callable:
+    return resolve(BY_NAME[name].run)
+
+
+def preflight_function(name: str) -> Callable | None:
+    job = BY_NAME[name]
+    return resolve(job.preflight) if job.preflight else None
