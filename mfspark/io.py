@@ -276,26 +276,34 @@ class StagedWriter:
                     _write_manifest(self.fs, self.output, self._next_manifest())
                 return
             stage = self.stage or producer(self.names[0])
-            marker = json.dumps({"run_id": self.run_id, "stage": stage})
-            for name in self.names:
-                staged = join(self.staging, name)
-                if not self.fs.exists(join(staged, SUCCESS)):
-                    raise MfsparkError(
-                        f"{name} was not completely written (no {SUCCESS} in {staged}); nothing "
-                        "was committed, run the stage again"
-                    )
-                self.fs.create_text(join(staged, COMMIT_MARKER), marker)
-            self.fs.create_text(
-                join(self.staging, MANIFEST), json.dumps(self._next_manifest(), indent=2, default=str)
-            )
-            _pause_for_test(0)
             journal = {"run_id": self.run_id, "stage": stage, "datasets": self.names, "at": _now()}
-            tmp = join(self.staging, f"{JOURNAL}.tmp")
-            self.fs.create_text(tmp, json.dumps(journal))
-            self.fs.rename(tmp, join(self.staging, JOURNAL))  # the commit point
+            try:
+                self._prepare_commit(stage)
+                _pause_for_test(0)
+                tmp = join(self.staging, f"{JOURNAL}.tmp")
+                self.fs.create_text(tmp, json.dumps(journal))
+                self.fs.rename(tmp, join(self.staging, JOURNAL))  # the commit point
+            except BaseException:
+                self.abort()  # before the commit point nothing final was touched
+                raise
+            # From here on a failure leaves the journal: the next job finishes the commit.
             _finish_commit(self.fs, self.output, journal, pause=True)
         finally:
             _ACTIVE_RUNS.discard(self.run_id)
+
+    def _prepare_commit(self, stage: str) -> None:
+        """Steps 1-2: every dataset complete and marked; the next manifest staged."""
+        marker = json.dumps({"run_id": self.run_id, "stage": stage})
+        for name in self.names:
+            staged = join(self.staging, name)
+            if not self.fs.exists(join(staged, SUCCESS)):
+                raise MfsparkError(
+                    f"{name} was not completely written (no {SUCCESS} in {staged}); nothing "
+                    "was committed, run the stage again"
+                )
+            self.fs.create_text(join(staged, COMMIT_MARKER), marker)
+        manifest = json.dumps(self._next_manifest(), indent=2, default=str)
+        self.fs.create_text(join(self.staging, MANIFEST), manifest)
 
     def _next_manifest(self) -> dict[str, Any]:
         manifest = _read_json(self.fs, join(self.output, MANIFEST)) or {}

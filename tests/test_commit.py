@@ -152,7 +152,7 @@ def test_kill_after_commit_point_is_refused_then_finished_by_the_next_job(spark,
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=600,
+        timeout=1800,  # generous: a shared 2-core machine can be slow to start a JVM
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "finishing the interrupted commit of stage prepare" in result.stderr
