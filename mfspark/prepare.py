@@ -170,13 +170,14 @@ def preflight_prepare(cfg: Config) -> None:
     """
     from mfspark.session import under_spark_submit
 
+    submitted = under_spark_submit()
+    if not submitted:  # spark-submit may bring file systems of its own
+        for path, key in input_paths(cfg):
+            check_scheme(path, key, cfg.spark.conf)
     fmt = cfg.resolved_format
     _check_config(cfg, fmt)
-    submitted = under_spark_submit()
     local_master = cfg.spark.master.startswith("local") and not submitted
     for path, key in input_paths(cfg):
-        if not submitted:  # spark-submit may bring file systems of its own
-            check_scheme(path, key, cfg.spark.conf)
         scheme = scheme_of(path)
         if scheme == "file" or (scheme is None and local_master):
             check_local_input(path, key, fmt)

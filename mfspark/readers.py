@@ -130,11 +130,10 @@ def _format_from_parts(path: str) -> str | None:
     local = local_path(path)
     if local is None or not os.path.isdir(local):
         return None
-    found = {_format_from_name(os.path.basename(f)) for f in _local_data_files(local)}
-    if len(found) == 1 and None not in found:
-        fmt = found.pop()
-        return "csv" if fmt == "movielens-csv" else fmt  # parts are not named ratings.csv
-    return None
+    # Names that tell nothing (notes.txt) do not decide; the checks of the input then name them.
+    found = {_format_from_name(os.path.basename(f)) for f in _local_data_files(local)} - {None}
+    found = {"csv" if fmt == "movielens-csv" else fmt for fmt in found}  # parts are not ratings.csv
+    return found.pop() if len(found) == 1 else None
 
 
 def detect_format(data: DataConfig) -> str:
@@ -285,7 +284,10 @@ def check_input_path(
             raise InputError(f"{problem} ({key})")
 
 
-_FAILED_READ = re.compile(r"FAILED_READ_FILE\.(\w+)\] Encountered error while reading file (\S+?)\.?\s")
+_FAILED_READ = (
+    re.compile(r"FAILED_READ_FILE\.(\w+)\] Encountered error while reading file (\S+?)\.?\s"),
+    re.compile(r"(CANNOT_READ_FILE_FOOTER)\] Could not read footer for file: (\S+?)\.?\s"),
+)
 
 
 def read_error(exc: BaseException) -> InputError | None:
@@ -296,7 +298,7 @@ def read_error(exc: BaseException) -> InputError | None:
     """
     java = getattr(exc, "java_exception", None)
     text = str(java.toString()) if java is not None else str(exc)
-    m = _FAILED_READ.search(text)
+    m = next((m for m in (p.search(text + " ") for p in _FAILED_READ) if m is not None), None)
     if m is None:
         return None
     kind, name = m.group(1), m.group(2)
@@ -308,7 +310,7 @@ def read_error(exc: BaseException) -> InputError | None:
     lower = name.lower()
     if lower.endswith(COMPRESSION_SUFFIXES):
         fix = "the compressed file is cut short or corrupt; replace it with a complete copy"
-    elif kind == "CANNOT_READ_FILE_FOOTER" or "Parquet" in cause or "footer" in cause:
+    elif kind == "CANNOT_READ_FILE_FOOTER" or lower.endswith(".parquet") or "Parquet" in cause:
         fix = (
             "it is not a readable Parquet file; move it out of the input directory or replace "
             "it with a complete copy"

@@ -42,7 +42,7 @@ def _lines(good: pd.DataFrame, sep: str) -> tuple[list[str], list[tuple[str, str
     lines = [sep.join(str(int(v)) for v in row) for row in good.itertuples(index=False)]
     bad = [
         (sep.join(["7", "3", "4"]), C.REASON_WRONG_FIELD_COUNT),
-        (sep.join(["7", "x3", "4", "881250949"]), C.REASON_BAD_NUMBER),
+        (sep.join(["7", "3", "4x", "881250949"]), C.REASON_BAD_NUMBER),
         (sep.join(["8", "4", "9", "881250950"]), C.REASON_OUT_OF_RANGE),
     ]
     return lines + [line for line, _ in bad], bad
@@ -100,7 +100,9 @@ def test_format_detection_looks_through_compression_and_into_part_directories(tm
         (parts / n).write_text("")
     assert detect_format(DataConfig(path=str(parts))) == "csv"
     assert detect_format(DataConfig(path=f"file://{parts}")) == "csv"
-    (parts / "notes.txt").write_text("")
+    (parts / "notes.txt").write_text("")  # tells nothing: the part files decide
+    assert detect_format(DataConfig(path=str(parts))) == "csv"
+    (parts / "part-00002-x-c000.snappy.parquet").write_text("")  # two formats: undecided
     with pytest.raises(Exception, match="cannot tell the format"):
         detect_format(DataConfig(path=str(parts)))
 
@@ -111,7 +113,7 @@ def test_spark_csv_output_directory_gzip_parts(spark, tmp_path):
     _, bad = _lines(good, ",")
     rows = [tuple(str(int(v)) for v in r) for r in good.itertuples(index=False)]
     # Bad rows as Spark's CSV writer writes them (fields it quotes stay one field).
-    rows += [("7", "x3", "4", "881250949"), ("8", "4", "9", "881250950")]
+    rows += [("7", "3", "4x", "881250949"), ("8", "4", "9", "881250950")]
     cols = [C.USER_ID, C.ITEM_ID, C.RATING, C.TIMESTAMP]
     parts = str(tmp_path / "ratings_parts")
     spark.createDataFrame(rows, cols).repartition(3).write.option("header", True).option(
@@ -134,9 +136,10 @@ def test_spark_csv_output_directory_gzip_parts(spark, tmp_path):
 
 def test_spark_parquet_output_directory(spark, tmp_path):
     good = _ratings(3)
-    frame = good.astype({C.RATING: float})
-    frame.loc[len(frame)] = [9, 9, 11.0, 1]  # out of range
-    frame.loc[len(frame)] = [9, 10, float("nan"), 2]  # NaN rating
+    planted = pd.DataFrame(  # out of range, NaN
+        {C.USER_ID: [99, 99], C.ITEM_ID: [9, 10], C.RATING: [11.0, float("nan")], C.TIMESTAMP: [1, 2]}
+    )
+    frame = pd.concat([good, planted], ignore_index=True).astype(good.dtypes.to_dict())
     parts = str(tmp_path / "ratings_pq")
     spark.createDataFrame(frame).repartition(3).write.parquet(parts)
     assert "_SUCCESS" in os.listdir(parts)
