@@ -355,7 +355,8 @@ def run_evaluate(cfg, spark: SparkSession) -> dict:
                 "or set evaluate.predictions_path / evaluate.reconstruction_path"
             )
         inside = relative_name(out, source)
-        if inside is not None:  # written by a stage: read it only if that stage committed it
+        if inside is not None and inside.split("/")[0] == C.PREDICTIONS:
+            # Written by a training stage: read only what that stage committed.
             require_committed(spark, out, [inside])
         predictions = spark.read.parquet(source)
         model_name = ev.model_name or _default_model_name(spark, out, source)
