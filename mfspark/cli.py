@@ -89,6 +89,28 @@ def spark_error_line(exc: BaseException) -> str | None:
     return first
 
 
+def preflight_output(cfg: Config) -> None:
+    """Every job: refuse an ``output.path`` that cannot be written, before Spark starts.
+
+    A local path (or ``file:`` URI) must be a writable directory or creatable; a URI's scheme
+    must have a file system. Under spark-submit a path without a scheme is on the cluster's
+    file system: it is checked through Hadoop once the session runs.
+    """
+    from mfspark.errors import ConfigError
+    from mfspark.io import check_output_local, check_scheme, scheme_of
+    from mfspark.session import under_spark_submit
+
+    out = cfg.output.path
+    if not out:
+        raise ConfigError("output.path is empty; set it to a directory for the outputs")
+    submitted = under_spark_submit()
+    if not submitted:
+        check_scheme(out, "output.path", cfg.spark.conf, error=ConfigError)
+    scheme = scheme_of(out)
+    if scheme == "file" or (scheme is None and not submitted and cfg.spark.master.startswith("local")):
+        check_output_local(out)
+
+
 def job_main(
     name: str,
     run: JobFn,
@@ -101,8 +123,9 @@ def job_main(
 ) -> int:
     """Parse arguments, load config, build the session, run the job; return the exit code.
 
-    ``preflight(cfg)`` runs before Spark starts: checks that need no JVM (a missing local
-    input, say) fail in a second with their one line and nothing else on stderr. Without
+    ``preflight(cfg)`` runs before Spark starts (after :func:`preflight_output`, which every
+    job runs): checks that need no JVM (a missing local input, an output path that cannot be
+    written) fail in a second with their one line and nothing else on stderr. Without
     ``--config`` the shipped ``conf/<config_name>`` is read.
     """
     args = parser_for(name, description, prog, config_name).parse_args(argv)
@@ -112,12 +135,19 @@ def job_main(
     try:
         cfg = load_config(args.config, args.set, default=default_config_file(config_name))
         setup_logging(cfg.log.level)
+        preflight_output(cfg)
         if preflight is not None:
             preflight(cfg)
+        from mfspark.io import check_output_spark, recover
         from mfspark.session import build_session
 
         log.info("mfspark %s (%s): %s", __version__, package_dir(), name)
         spark = build_session(cfg, name)
+        check_output_spark(spark, cfg.output.path)
+        # A run killed while it committed left a journal: finish (or undo) that commit before
+        # this job reads anything there.
+        for action in recover(spark, cfg.output.path):
+            log.warning("recovered %s: %s", cfg.output.path, action)
         run(cfg, spark)
         log.info("%s finished in %.1f s", name, time.time() - started)
         return 0
@@ -130,6 +160,14 @@ def job_main(
         print(f"mfspark {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        from mfspark.readers import read_error
+
+        unreadable = read_error(exc)
+        if unreadable is not None:
+            print(f"mfspark {name}: error: {unreadable}", file=sys.stderr)
+            if args.verbose:
+                traceback.print_exc()
+            return unreadable.exit_code
         line = spark_error_line(exc)
         if line is None:
             raise

@@ -319,7 +319,15 @@ def _default_model_name(spark: SparkSession, output: str, predictions_path: str)
 
 def run_evaluate(cfg, spark: SparkSession) -> dict:
     """The ``evaluate`` stage: score predictions or reconstructions, update ``metrics/summary``."""
-    from mfspark.io import HadoopFS, join, read_manifest, staged_outputs, update_manifest
+    from mfspark.io import (
+        HadoopFS,
+        join,
+        read_manifest,
+        relative_name,
+        require_committed,
+        staged_outputs,
+        update_manifest,
+    )
     from mfspark.prepare import Prepared
 
     started = time.time()
@@ -346,6 +354,10 @@ def run_evaluate(cfg, spark: SparkSession) -> dict:
                 f"no predictions at {source}; run jobs/train_als.py with the same output.path, "
                 "or set evaluate.predictions_path / evaluate.reconstruction_path"
             )
+        inside = relative_name(out, source)
+        if inside is not None and inside.split("/")[0] == C.PREDICTIONS:
+            # Written by a training stage: read only what that stage committed.
+            require_committed(spark, out, [inside])
         predictions = spark.read.parquet(source)
         model_name = ev.model_name or _default_model_name(spark, out, source)
     log.info("scoring %s as model %r against %s", source, model_name, join(out, C.PREPARED_TEST))

@@ -350,14 +350,17 @@ def test_evaluate_job_scores_predictions_and_reconstructions(spark, hand, tmp_pa
     """The job file end to end (one subprocess), then in-process for the reconstruction path."""
     train, test, users, items = hand
     out = str(tmp_path / "out")
-    for df, name in (
-        (train, C.PREPARED_TRAIN),
-        (test, C.PREPARED_TEST),
-        (users, C.PREPARED_USERS),
-        (items, C.PREPARED_ITEMS),
-    ):
-        df.write.parquet(f"{out}/{name}")
-    hand_predictions(spark).write.parquet(f"{out}/{C.PREDICTIONS}")
+    # Committed as the stages commit them: the job reads only committed inputs.
+    with staged_outputs(spark, out, stage="prepare") as stage:
+        for df, name in (
+            (train, C.PREPARED_TRAIN),
+            (test, C.PREPARED_TEST),
+            (users, C.PREPARED_USERS),
+            (items, C.PREPARED_ITEMS),
+        ):
+            stage.write(df, name)
+    with staged_outputs(spark, out, stage="train_als") as stage:
+        stage.write(hand_predictions(spark), C.PREDICTIONS)
     overrides = [
         f"output.path={out}",
         "spark.master=local[1]",
