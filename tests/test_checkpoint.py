@@ -164,9 +164,8 @@ def _run_and_kill(cmd: list[str], after: str, log_path: str, timeout: float = 60
 
 def test_train_als_killed_then_resumed_gives_the_uninterrupted_factors(spark, tmp_path):
     out = str(tmp_path / "out")
-    prepared = _run("prepare", out)
-    assert prepared.returncode == 0, prepared.stderr[-3000:]
-    plain = _run("train_als", out)
+    # prepare + an uninterrupted train_als in one process (each JVM start is costly)
+    plain = _run("pipeline", out, 'pipeline.stages=["prepare", "train_als"]')
     assert plain.returncode == 0, plain.stderr[-3000:]
     expected = _factors(spark, out)
     assert not os.path.exists(os.path.join(out, "checkpoints"))
