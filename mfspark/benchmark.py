@@ -297,13 +297,10 @@ def fit_mllib(spark, train, test, rank, iterations, reg, seed, global_mean, tag)
 
 def fit_mfspark(spark, train, test, n_users, n_items, params, cfg):
     started = time.time()
-    solver = SparkBlockSolver(
+    with SparkBlockSolver(
         spark, train, test, n_users, n_items, params, cfg.als.num_user_blocks, cfg.als.num_item_blocks
-    )
-    try:
+    ) as solver:
         result = run_als(solver, params, "mfspark")
-    finally:
-        solver.close()
     return result, time.time() - started, solver.setup_seconds
 
 
@@ -353,8 +350,9 @@ def planted_truth_rmse(spark, out: str, test: DataFrame, clip) -> float | None:
         return None
     truth = FactorModel.load(spark, path)
     truth.metadata["clip_min"], truth.metadata["clip_max"] = clip
-    scored = truth.transform(test.select(C.USER_ID, C.ITEM_ID, C.RATING))
-    return float(scored.agg(F.sqrt(F.avg((F.col(C.PREDICTION) - F.col(C.RATING)) ** 2))).first()[0])
+    with truth:  # its prediction broadcast is released once the RMSE is computed
+        scored = truth.transform(test.select(C.USER_ID, C.ITEM_ID, C.RATING))
+        return float(scored.agg(F.sqrt(F.avg((F.col(C.PREDICTION) - F.col(C.RATING)) ** 2))).first()[0])
 
 
 def oracle_floor_rmse(spark, out: str, train_arrays, test_arrays, clip) -> float | None:

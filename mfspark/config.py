@@ -215,6 +215,22 @@ class ALSConfig:
         default=2048.0,
         metadata=_doc("Largest factor broadcast allowed before training starts (MB).", min=0.0),
     )
+    checkpoint_interval: int = field(
+        default=0,
+        metadata=_doc(
+            "Save the training state every N iterations under `<output.path>/checkpoints/als/` "
+            "(Parquet, atomic; deleted after a successful run); 0 = off.",
+            min=0,
+        ),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_doc(
+            "Continue from the last checkpoint (same result as an uninterrupted run); refused "
+            "if settings other than `max_iter` or the prepared data differ. No checkpoint: "
+            "starts afresh."
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -176,29 +176,8 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
             F.col(item_col).alias(C.ITEM_ID),
             F.col(rating_col).cast("double").alias(C.RATING),
         )
-        invalid = (
-            F.col(C.USER_ID).isNull()
-            | F.col(C.ITEM_ID).isNull()
-            | F.col(C.RATING).isNull()
-            | F.isnan(C.RATING)
-        )
-        stats = ratings.agg(
-            F.count_if(invalid).alias("bad"), F.min(C.RATING).alias("lo"), F.max(C.RATING).alias("hi")
-        ).first()
-        if stats["bad"]:
-            raise MfsparkError(
-                f"{stats['bad']} training rows have a null id or a null/NaN rating; filter them out "
-                "(or use jobs/prepare.py, which quarantines them with a reason)"
-            )
-        if stats["lo"] is None:
-            raise MfsparkError("the training DataFrame is empty; nothing to fit")
-        parts = spark.sparkContext.defaultParallelism
-        users = dense_index(ratings, C.USER_ID, C.USER_IDX, parts)
-        items = dense_index(ratings, C.ITEM_ID, C.ITEM_IDX, parts)
-        train = ratings.join(F.broadcast(users), C.USER_ID).join(F.broadcast(items), C.ITEM_ID)
-        clip = (
-            (float(stats["lo"]), float(stats["hi"])) if self.getOrDefault(self.clipPredictions) else None
-        )
+        bounds = check_ratings(ratings)
+        clip = bounds if self.getOrDefault(self.clipPredictions) else None
         params = ALSParams(
             rank=self.getRank(),
             max_iter=self.getMaxIter(),
@@ -207,21 +186,33 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
             tol=self.getTol(),
             clip=clip,
         )
-        n_users, n_items = users.count(), items.count()
-        solver = SparkBlockSolver(
-            spark,
-            train,
-            None,
-            n_users,
-            n_items,
-            params,
-            self.getOrDefault(self.numUserBlocks),
-            self.getOrDefault(self.numItemBlocks),
-        )
+        parts = spark.sparkContext.defaultParallelism
+        cached = []  # the index tables are cached while fitting and released on every path
         try:
-            result = run_als(solver, params, name=f"BiasedALS[{self.uid}]")
+            users = dense_index(ratings, C.USER_ID, C.USER_IDX, parts)
+            cached.append(users)
+            items = dense_index(ratings, C.ITEM_ID, C.ITEM_IDX, parts)
+            cached.append(items)
+            train = ratings.join(F.broadcast(users), C.USER_ID).join(F.broadcast(items), C.ITEM_ID)
+            n_users, n_items = users.count(), items.count()
+            with SparkBlockSolver(
+                spark,
+                train,
+                None,
+                n_users,
+                n_items,
+                params,
+                self.getOrDefault(self.numUserBlocks),
+                self.getOrDefault(self.numItemBlocks),
+            ) as solver:
+                result = run_als(solver, params, name=f"BiasedALS[{self.uid}]")
+            # The model keeps driver-side copies of the id tables (as small as its factors),
+            # so nothing stays cached once the fit returns.
+            users_local = spark.createDataFrame(users.toArrow())
+            items_local = spark.createDataFrame(items.toArrow())
         finally:
-            solver.close()
+            for df in cached:
+                df.unpersist()
         metadata = {
             "reg": params.reg.reg,
             "reg_bias": params.reg.reg_bias,
@@ -235,7 +226,7 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
             "n_items": n_items,
             "n_train": solver.n_train,
         }
-        model = BiasedALSModel(FactorModel(result.model, users, items, metadata))
+        model = BiasedALSModel(FactorModel(result.model, users_local, items_local, metadata))
         self._copyValues(model)
         return model
 
@@ -245,6 +236,56 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
     @classmethod
     def read(cls) -> MLReader:
         return DefaultParamsReader(cls)
+
+
+#: Largest |rating| the estimator accepts. Ratings travel as float32 and squared errors are
+#: summed: with |r| <= 1e9 a square is <= 1e18, and even 10^20 of them sum to far below
+#: float32's largest finite value (3.4e38), so no error, objective or prediction overflows.
+MAX_ABS_RATING = 1e9
+
+
+def check_ratings(ratings: DataFrame) -> tuple[float, float]:
+    """Refuse what the blocks cannot fit, with one line; the (min, max) rating otherwise.
+
+    ``ratings`` has ``user_id``, ``item_id``, ``rating`` (double). Refused: a null id, a
+    null, NaN or infinite rating, |rating| > :data:`MAX_ABS_RATING`, an empty frame, and a
+    (user, item) pair given more than once (the blocks assume one rating per pair; without
+    timestamps there is no "latest" to keep as ``prepare`` does, so the caller must choose).
+    """
+    rating = F.col(C.RATING)
+    invalid = F.col(C.USER_ID).isNull() | F.col(C.ITEM_ID).isNull() | rating.isNull() | F.isnan(rating)
+    stats = ratings.agg(
+        F.count_if(invalid).alias("bad"),
+        F.count_if(~invalid & (F.abs(rating) > F.lit(MAX_ABS_RATING))).alias("huge"),
+        F.min(rating).alias("lo"),
+        F.max(rating).alias("hi"),
+    ).first()
+    if stats["bad"]:
+        raise MfsparkError(
+            f"{stats['bad']} training rows have a null id or a null/NaN rating; filter them out "
+            "(or use jobs/prepare.py, which quarantines them with a reason)"
+        )
+    if stats["huge"]:
+        raise MfsparkError(
+            f"{stats['huge']} training ratings are infinite or beyond ±{MAX_ABS_RATING:g} "
+            f"(largest |rating| allowed, so float32 sums stay finite; seen min {stats['lo']}, "
+            f"max {stats['hi']}); filter or rescale them"
+        )
+    if stats["lo"] is None:
+        raise MfsparkError("the training DataFrame is empty; nothing to fit")
+    dup = (
+        ratings.groupBy(C.USER_ID, C.ITEM_ID)
+        .count()
+        .where(F.col("count") > 1)
+        .agg(F.count(F.lit(1)).alias("pairs"), F.sum("count").alias("rows"))
+        .first()
+    )
+    if dup["pairs"]:
+        raise MfsparkError(
+            f"{dup['pairs']} (user, item) pairs occur more than once ({dup['rows']} rows); keep "
+            "one rating per pair (e.g. the latest, as jobs/prepare.py does, or the mean) and fit again"
+        )
+    return float(stats["lo"]), float(stats["hi"])
 
 
 class BiasedALSModel(Model, _BiasedALSParams, MLReadable, MLWritable):
@@ -262,6 +303,11 @@ class BiasedALSModel(Model, _BiasedALSParams, MLReadable, MLWritable):
             self.getOrDefault(self.predictionCol),
             self.getColdStartStrategy(),
         )
+
+    def release(self) -> None:
+        """Destroy the prediction broadcast once the transformed DataFrames have been computed
+        (see :meth:`mfspark.models.factor_model.FactorModel.release`)."""
+        self.als_model.release()
 
     @property
     def globalMean(self) -> float:
