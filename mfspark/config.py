@@ -210,8 +210,8 @@ class EvaluateConfig:
     predictions_path: str = field(
         default="",
         metadata=_doc(
-            "Long predictions to score (user_idx or user_id, item, prediction); "
-            "default `<output.path>/predictions`."
+            "Long predictions to score (user_idx or user_id, item, prediction); default: every "
+            "model's `<output.path>/predictions/model=<name>`."
         ),
     )
     reconstruction_path: str = field(
@@ -235,8 +235,9 @@ class EvaluateConfig:
     model_name: str = field(
         default="",
         metadata=_doc(
-            "Name in `metrics/summary.model`; default: the model the manifest records for "
-            "`<output.path>/predictions`, else the scored directory's name."
+            "Score only this model's `predictions/model=<name>` (default: every model there); "
+            "with `predictions_path` or `reconstruction_path`, the name in `metrics/summary.model` "
+            "(default: the scored directory's name)."
         ),
     )
     activity_buckets: list = field(

@@ -1,8 +1,9 @@
 """``jobs/pipeline.py``: every stage in order, one Spark session, a short summary at the end.
 
-Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs.
-Each stage is the same function its own job runs, so ``pipeline`` and the separate jobs
-give identical outputs.
+Stages (``pipeline.stages``): prepare → train_als → train_bpmf → evaluate →
+build_autoencoder_inputs. Each stage is the same function its own job runs, so ``pipeline``
+and the separate jobs give identical outputs. Training stages come from the model registry
+(:mod:`mfspark.models.registry`): a new model adds no code here.
 """
 
 from __future__ import annotations
@@ -16,18 +17,21 @@ from pyspark.sql import SparkSession
 from mfspark import columns as C
 from mfspark.config import Config
 from mfspark.io import join
+from mfspark.models.registry import MODELS, spec_for_stage
 
 log = logging.getLogger(__name__)
 
 STAGE_FUNCTIONS = {
     "prepare": ("mfspark.prepare", "run_prepare"),
-    "train_als": ("mfspark.models.als.job", "run_train_als"),
     "evaluate": ("mfspark.evaluation", "run_evaluate"),
     "build_autoencoder_inputs": ("mfspark.autoencoder", "run_build_autoencoder_inputs"),
 }
 
 
 def stage_function(name: str):
+    spec = spec_for_stage(name)
+    if spec is not None:
+        return spec.stage_function()
     module, fn = STAGE_FUNCTIONS[name]
     return getattr(importlib.import_module(module), fn)
 
@@ -65,15 +69,10 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
             f"(cold user {c['test_cold_user']:,}, cold item {c['test_cold_item']:,}); "
             f"rejected {c['rejected']:,}"
         )
-    train = results.get("train_als")
-    if train:
-        t = train["timings"]
-        lines.append(
-            f"  ALS      rank {cfg.als.rank}, {train['iterations']} iterations, "
-            f"{t['median_seconds_per_iteration']:.2f} s/iteration, fit {t['fit_seconds']:.1f} s; "
-            f"train RMSE {train['train_rmse']:.4f}"
-        )
-    if "train_als" in results or "evaluate" in results:
+    trained = [spec for spec in MODELS.values() if results.get(spec.stage)]
+    for spec in trained:
+        lines.append(f"  {spec.name:<8} {results[spec.stage]['summary']}")
+    if trained or "evaluate" in results:
         from mfspark.evaluation import BASE_SEGMENTS, activity_segments, format_summary
 
         order = [

@@ -1,8 +1,7 @@
 """The train_als stage: prepared train/test → blocked biased ALS → model, predictions, metrics.
 
-Writes (atomically, as one stage) ``model/*``, ``predictions`` (one row per test rating:
-``user_id``, ``item_id``, ``user_idx``, ``item_idx``, ``rating``, ``prediction``,
-``cold_user``, ``cold_item``), ``metrics/history`` and this model's rows of
+Writes (atomically, as one stage; :mod:`mfspark.models.outputs`) ``models/als/``,
+``predictions/model=als/``, and this model's rows of ``metrics/history`` and
 ``metrics/summary``, and records the run in ``manifest.json``.
 """
 
@@ -17,15 +16,16 @@ from pyspark.sql import functions as F
 
 from mfspark import columns as C
 from mfspark.config import Config
-from mfspark.io import staged_outputs, update_manifest
+from mfspark.io import update_manifest
 from mfspark.models.als.spark import SparkBlockSolver, check_broadcast_size
 from mfspark.models.als.train import ALSParams, ALSResult, run_als
 from mfspark.models.factor_model import FactorModel
+from mfspark.models.outputs import write_model_stage
 from mfspark.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "mfspark_als"
+MODEL_NAME = "als"
 
 
 def fit_prepared(
@@ -85,8 +85,6 @@ def history_frame(spark: SparkSession, result: ALSResult, name: str = MODEL_NAME
 
 
 def run_train_als(cfg: Config, spark: SparkSession) -> dict:
-    from mfspark.evaluation import summarize_predictions, write_summary
-
     started = time.time()
     out = cfg.output.path
     prepared = Prepared.load(spark, out)
@@ -100,30 +98,37 @@ def run_train_als(cfg: Config, spark: SparkSession) -> dict:
     predictions = model.predict_indexed(test).select(
         C.USER_ID, C.ITEM_ID, C.USER_IDX, C.ITEM_IDX, C.RATING, C.PREDICTION, C.COLD_USER, C.COLD_ITEM
     )
-    with staged_outputs(spark, out) as stage:
-        model.write(stage)
-        stage.write(predictions, C.PREDICTIONS)
-        stage.write(history_frame(spark, result).coalesce(1), C.METRICS_HISTORY)
-        written = spark.read.parquet(stage.path(C.PREDICTIONS))
-        summary = summarize_predictions(
-            written, prepared.test, prepared.users, MODEL_NAME, cfg.evaluate.activity_buckets
-        )
-        write_summary(spark, stage, out, summary, MODEL_NAME)
+    write_model_stage(
+        spark,
+        out,
+        prepared,
+        MODEL_NAME,
+        model.write,
+        predictions,
+        history_frame(spark, result),
+        cfg.evaluate.activity_buckets,
+    )
     per_iter = [h.seconds for h in result.history]
     last = result.history[-1]
+    timings = {
+        "setup_seconds": round(setup_seconds, 3),
+        "median_seconds_per_iteration": round(statistics.median(per_iter), 3),
+        "fit_seconds": round(fit_seconds, 3),
+        "total_seconds": round(time.time() - started, 3),
+    }
     entry = {
         "model": MODEL_NAME,
+        "summary": (
+            f"rank {cfg.als.rank}, {result.iterations} iterations, "
+            f"{timings['median_seconds_per_iteration']:.2f} s/iteration, fit {fit_seconds:.1f} s; "
+            f"train RMSE {last.train_rmse:.4f}"
+        ),
         "iterations": result.iterations,
         "converged": result.converged,
         "train_rmse": last.train_rmse,
         "test_rmse": last.test_rmse,
         "objective": last.objective,
-        "timings": {
-            "setup_seconds": round(setup_seconds, 3),
-            "median_seconds_per_iteration": round(statistics.median(per_iter), 3),
-            "fit_seconds": round(fit_seconds, 3),
-            "total_seconds": round(time.time() - started, 3),
-        },
+        "timings": timings,
     }
     update_manifest(spark, out, "train_als", entry, cfg)
     log.info(

@@ -1,0 +1,82 @@
+"""The one place a model plugs into the pipeline, the evaluation and later jobs.
+
+A model is a :class:`ModelSpec`: its name (the ``model`` column of ``metrics/*`` and the
+partition of ``predictions/model=<name>/``), its stage (``train_<name>``) and the function
+that runs it, whether it writes a biased factor model (``user_factors``, ``item_factors``,
+``metadata`` under ``models/<name>/``, loadable with
+:meth:`mfspark.models.factor_model.FactorModel.load`), and how to load it for predictions
+(an object with ``transform(df, user_col, item_col, prediction)`` over original ids).
+Functions are named as ``"module:function"`` and imported only when used, so listing the
+models imports no model code.
+
+Every training stage writes (atomically, as one stage) ``models/<name>/``,
+``predictions/model=<name>/`` (one row per test rating) and its own rows of
+``metrics/history`` and ``metrics/summary`` (other models' rows are kept).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from mfspark import columns as C
+from mfspark.errors import ConfigError
+from mfspark.io import join
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    # "module:function" of the stage: run(cfg, spark) -> its manifest entry, a dict with at
+    # least "model" and "summary" (one line for the pipeline's closing summary)
+    run: str
+    load: str  # "module:function": load(spark, model_dir) -> object with transform(...)
+    factor_model: bool  # models/<name>/ holds the FactorModel layout
+
+    @property
+    def stage(self) -> str:
+        return f"train_{self.name}"
+
+    def stage_function(self):
+        return _resolve(self.run)
+
+    def load_model(self, spark, output: str):
+        """The fitted model under ``<output>/models/<name>``, ready to ``transform``."""
+        return _resolve(self.load)(spark, join(output, C.model_dir(self.name)))
+
+
+def _resolve(ref: str):
+    module, attr = ref.split(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "als",
+            "blocked biased ALS",
+            "mfspark.models.als.job:run_train_als",
+            "mfspark.models.factor_model:FactorModel.load",
+            factor_model=True,
+        ),
+    )
+}
+
+#: Training stages, in the order the default pipeline runs them.
+TRAIN_STAGES = tuple(spec.stage for spec in MODELS.values())
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; models are: {', '.join(MODELS)}") from None
+
+
+def spec_for_stage(stage: str) -> ModelSpec | None:
+    return next((s for s in MODELS.values() if s.stage == stage), None)
