@@ -64,6 +64,13 @@ MODELS: dict[str, ModelSpec] = {
             "mfspark.models.factor_model:FactorModel.load",
             factor_model=True,
         ),
+        ModelSpec(
+            "bpmf",
+            "Bayesian MF by Gibbs sampling (posterior mean, predictive sd)",
+            "mfspark.models.bpmf.job:run_train_bpmf",
+            "mfspark.models.bpmf.posterior:BayesianPosterior.load",
+            factor_model=True,
+        ),
     )
 }
 
