@@ -242,8 +242,8 @@ class BPMFConfig:
         default=20,
         metadata=_doc(
             "Kept samples written whole to `models/bpmf/samples` (evenly spread over the kept "
-            "sweeps) for later scoring.",
-            min=0,
+            "sweeps) for later scoring and the predictive sd of new pairs.",
+            min=1,
         ),
     )
     init_std: float = field(default=0.1, metadata=_doc("Sd of the initial factors.", min=0.0))

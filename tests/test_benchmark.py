@@ -43,7 +43,9 @@ def test_benchmark_runs_every_system_on_one_split(spark, tmp_path, capsys):
     # the planted truth and the oracle floor bound every system from below
     truth, floor = entry["planted_truth_test_rmse"], entry["oracle_floor_test_rmse"]
     assert truth < floor < table["test_rmse"].min()
-    timed = table.loc[["mfspark", "numpy", "bpmf"], ["setup_seconds", "seconds_per_iteration", "fit_seconds"]]
+    timed = table.loc[
+        ["mfspark", "numpy", "bpmf"], ["setup_seconds", "seconds_per_iteration", "fit_seconds"]
+    ]
     assert np.isfinite(timed.to_numpy(dtype=float)).all()
     # without the Spark UI (as in tests) MLlib's set-up cannot be separated from its fit
     assert table.loc["mllib", "fit_seconds"] > 0 and table.loc["mllib", "seconds_per_iteration"] > 0

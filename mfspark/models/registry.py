@@ -41,9 +41,12 @@ class ModelSpec:
     def stage_function(self):
         return _resolve(self.run)
 
+    def _load_function(self):
+        return _resolve(self.load)
+
     def load_model(self, spark, output: str):
         """The fitted model under ``<output>/models/<name>``, ready to ``transform``."""
-        return _resolve(self.load)(spark, join(output, C.model_dir(self.name)))
+        return self._load_function()(spark, join(output, C.model_dir(self.name)))
 
 
 def _resolve(ref: str):

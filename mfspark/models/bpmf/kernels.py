@@ -195,7 +195,10 @@ def draw_rows(
     row_sse = np.zeros(block.n_rows)
     prior_rhs = hyper.precision @ hyper.mean
     stream = row_stream(sweep, side)
-    for eq in normal_equations(block, fixed_factors, fixed_bias, global_mean, dtype, chunk_rows):
+    equations = normal_equations(
+        block, fixed_factors, fixed_bias, global_mean, dtype, chunk_rows, row_sums=True
+    )
+    for eq in equations:
         rows = block.rows[eq.start : eq.stop]
         precision = hyper.precision[None] + alpha * eq.gram
         rhs = prior_rhs[None] + alpha * eq.rhs
