@@ -14,7 +14,8 @@ the driver, never one sample per rating). The predictive mean is the average r̂
 training range when asked), the predictive sd sqrt(Var r̂ + E[1/α]). ``saved_samples`` kept
 samples, evenly spread over the kept sweeps, are returned whole for later scoring.
 
-Start: users and items N(0, ``init_std``²) per entity id (biases 0), α = ``noise_precision``.
+Start: users and items N(0, ``init_std``²) per entity id (biases 0; entities without training
+ratings 0 throughout), α = ``noise_precision``.
 """
 
 from __future__ import annotations
@@ -179,11 +180,14 @@ def run_gibbs(sampler: SideSampler, params: BPMFParams, name: str = "bpmf") -> B
     """Run ``params.samples`` Gibbs sweeps (module docstring)."""
     k, dim = params.rank, params.rank + 1
     seed = params.seed
+    counts = {USER: np.asarray(sampler.counts[USER]), ITEM: np.asarray(sampler.counts[ITEM])}
     users_f = seeded_normal(seed ^ USER_INIT_SALT, np.arange(sampler.n_users), k, params.init_std)
     items_f = seeded_normal(seed, np.arange(sampler.n_items), k, params.init_std)
     users_b = np.zeros(sampler.n_users, dtype=np.float32)
     items_b = np.zeros(sampler.n_items, dtype=np.float32)
-    counts = {USER: np.asarray(sampler.counts[USER]), ITEM: np.asarray(sampler.counts[ITEM])}
+    # entities without ratings are 0 from the start (a sampler may never visit them)
+    users_f[counts[USER] == 0] = 0.0
+    items_f[counts[ITEM] == 0] = 0.0
     alpha = float(params.noise_precision)
     kept_sweeps, saved_sweeps = set(params.kept_sweeps()), set(params.saved_sweeps())
     sums = [np.zeros((sampler.n_users, k)), np.zeros(sampler.n_users)]
