@@ -110,7 +110,9 @@ def test_train_bpmf_stage_writes_model_predictions_with_sd_and_metrics(spark, ra
     mean = FactorModel.load(spark, f"{out}/models/bpmf")
     posterior = BayesianPosterior.load(spark, f"{out}/models/bpmf")
     assert len(posterior.sweeps) == 3 and posterior.sweeps[-1] == 5
-    np.testing.assert_allclose(posterior.user_factors.mean(axis=0).shape, mean.params.user_factors.shape)
+    # all 3 kept samples are saved here, so their average is the posterior mean
+    np.testing.assert_allclose(posterior.user_factors.mean(axis=0), mean.params.user_factors, atol=1e-6)
+    np.testing.assert_allclose(posterior.item_bias.mean(axis=0), mean.params.item_bias, atol=1e-6)
     query = spark.createDataFrame(
         pd.DataFrame({"user_id": [1000, 1119, 99], "item_id": [5000, 5001, 5069]})
     )
