@@ -3,9 +3,10 @@
 python jobs/evaluate.py [--config conf/local.toml] [--set section.key=value ...]
 spark-submit jobs/evaluate.py --config cluster.toml
 
-Scores ``<output.path>/predictions`` (or ``evaluate.predictions_path``, or the reconstructions
-at ``evaluate.reconstruction_path`` with ``evaluate.reconstruction_orientation``) against
-``prepared/test``; this model's rows of ``metrics/summary`` are replaced, other models' kept.
+Scores every model under ``<output.path>/predictions/model=<name>/`` (or only
+``evaluate.model_name``; or ``evaluate.predictions_path``; or the reconstructions at
+``evaluate.reconstruction_path`` with ``evaluate.reconstruction_orientation``) against
+``prepared/test``; the scored models' rows of ``metrics/summary`` are replaced, others kept.
 """
 
 import sys

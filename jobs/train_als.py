@@ -1,4 +1,4 @@
-"""Train blocked biased ALS on the prepared dataset; write model/, predictions, metrics/.
+"""Train blocked biased ALS on the prepared dataset; write models/als, predictions/model=als, metrics.
 
 python jobs/train_als.py [--config conf/local.toml] [--set als.rank=50 ...]
 spark-submit jobs/train_als.py --config cluster.toml

@@ -8,6 +8,11 @@ All three systems see the same prepared train/test split in the same process:
 * ``mfspark`` — :class:`mfspark.models.als.spark.SparkBlockSolver` (blocked biased ALS).
 * ``numpy`` — the same biased ALS in one Python process (:class:`mfspark.models.als.train.LocalSolver`):
   the one-machine limit of the same arithmetic, with the ratings collected to the driver.
+* ``bpmf`` — Bayesian MF by Gibbs sampling on the same kind of cached blocks
+  (:class:`mfspark.models.bpmf.spark.SparkBlockSampler`) at ``als.rank`` with the ``[bpmf]``
+  settings: ``seconds_per_iteration`` is the median Gibbs sweep (a user and an item pass, as an
+  ALS iteration), ``test_rmse`` that of the average over the kept samples. Its priors are
+  learned, so it is not tuned (``reg`` 0, scaling ``p``: posterior).
 
 Regularisation: with ``benchmark.tune`` each system's value is chosen from a small grid by
 RMSE on a validation split of train (a hash of the indices, ``benchmark.validation_fraction``);
@@ -343,6 +348,43 @@ def tune(grid, score, system: str, key: str) -> tuple[float, dict[float, float]]
     return best, scores
 
 
+def fit_bpmf_system(spark, train, test, n_users, n_items, cfg: Config, clip) -> SystemRun:
+    """Bayesian MF at ``als.rank`` with the ``[bpmf]`` settings on the same split."""
+    from mfspark.models.bpmf.sampler import BPMFParams, run_gibbs
+    from mfspark.models.bpmf.spark import SparkBlockSampler
+
+    params = BPMFParams.from_config(cfg.bpmf, rank=cfg.als.rank, clip=clip, saved_samples=0)
+    started = time.time()
+    with PeakMemory("all") as mem:
+        sampler = SparkBlockSampler(
+            spark,
+            train,
+            test,
+            n_users,
+            n_items,
+            params,
+            cfg.bpmf.num_user_blocks,
+            cfg.bpmf.num_item_blocks,
+        )
+        try:
+            result = run_gibbs(sampler, params, "bpmf")
+        finally:
+            sampler.close()
+    return SystemRun(
+        "bpmf",
+        params.rank,
+        params.samples,
+        sampler.setup_seconds,
+        statistics.median(h.seconds for h in result.history),
+        time.time() - started,
+        mem.peak,
+        result.history[-1].test_rmse,
+        0.0,
+        iteration_timing="median Gibbs sweep",
+        reg_scaling="posterior",
+    )
+
+
 # -- driver --------------------------------------------------------------------------------
 def planted_truth_rmse(spark, out: str, test: DataFrame, clip) -> float | None:
     path = join(out, C.SYNTHETIC_TRUTH)
@@ -520,6 +562,8 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
                 reg_scaling=regs["mfspark"].scaling,
             )
         )
+    if "bpmf" in bench.systems:
+        runs.append(fit_bpmf_system(spark, train, test, n_users, n_items, cfg, clip))
     truth = planted_truth_rmse(spark, out, prepared.test, clip)
     train.unpersist(), test.unpersist()
     master = spark.sparkContext.master
@@ -594,7 +638,10 @@ def table_text(runs, truth, oracle, n_train, n_test, n_users, n_items, master) -
             f"oracle floor (users solved with the true items and prior) {oracle:.4f} = "
             f"{oracle / truth:.4f} x truth; best system / oracle = {best / oracle:.4f}"
         )
-    lines.append("reg: n = plain L2 (als.reg_scaling none), c = count-scaled (ALS-WR, MLlib's)")
+    lines.append(
+        "reg: n = plain L2 (als.reg_scaling none), c = count-scaled (ALS-WR, MLlib's), "
+        "p = priors learned by the posterior (bpmf; s/iter is one Gibbs sweep)"
+    )
     if base is not None and base.mllib_blas:
         lines.append(f"MLlib: {base.mllib_blas}; iterations timed by {base.iteration_timing}")
     return "\n".join(lines)

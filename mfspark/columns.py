@@ -60,9 +60,7 @@ PREPARED_USERS = "prepared/users"
 PREPARED_ITEMS = "prepared/items"
 PREPARED_REJECTED = "prepared/rejected"
 SYNTHETIC_TRUTH = "synthetic_truth"
-MODEL_USER_FACTORS = "model/user_factors"
-MODEL_ITEM_FACTORS = "model/item_factors"
-MODEL_METADATA = "model/metadata"
+MODELS = "models"
 METRICS_HISTORY = "metrics/history"
 METRICS_SUMMARY = "metrics/summary"
 PREDICTIONS = "predictions"
@@ -71,6 +69,20 @@ AE_BY_USER = "ae_inputs/by_user"
 AE_METADATA = "ae_inputs/metadata"
 BENCHMARK = "benchmark"
 MANIFEST = "manifest.json"
+#: Partition column of ``predictions`` (and ``recommendations``): the model's name.
+MODEL = "model"
+PREDICTION_SD = "prediction_sd"
+
+
+def model_dir(model: str) -> str:
+    """``models/<model>``: a model's parameters (a factor model: user_factors, item_factors,
+    metadata)."""
+    return f"{MODELS}/{model}"
+
+
+def predictions_dir(model: str) -> str:
+    """``predictions/model=<model>``: one Hive partition of ``predictions`` per model."""
+    return f"{PREDICTIONS}/{MODEL}={model}"
 
 
 def ratings_schema(id_type: T.DataType) -> T.StructType:

@@ -234,6 +234,68 @@ class ALSConfig:
 
 
 @dataclass(frozen=True)
+class BPMFConfig:
+    rank: int = field(default=10, metadata=_doc("Number of latent factors k.", min=1))
+    burn_in: int = field(
+        default=40,
+        metadata=_doc("Gibbs sweeps discarded at the start (must be below `samples`).", min=0),
+    )
+    samples: int = field(
+        default=200,
+        metadata=_doc(
+            "Gibbs sweeps in total, burn-in included; every `thin`-th sweep after the burn-in "
+            "is averaged.",
+            min=1,
+        ),
+    )
+    thin: int = field(default=1, metadata=_doc("Keep every thin-th sweep after burn-in.", min=1))
+    beta0: float = field(
+        default=2.0, metadata=_doc("β₀ of the Normal-Wishart hyper-prior (> 0).", min=0.0)
+    )
+    nu0: float = field(
+        default=0.0,
+        metadata=_doc("ν₀ (degrees of freedom) of the Wishart; 0 means rank + 1.", min=0.0),
+    )
+    w0_scale: float = field(
+        default=1.0, metadata=_doc("W₀ = w0_scale · I, the Wishart scale (> 0).", min=0.0)
+    )
+    noise_precision: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Noise precision α = 1/σ² (> 0): its value when `sample_noise` is false, else "
+            "its starting value.",
+            min=0.0,
+        ),
+    )
+    sample_noise: bool = field(
+        default=True,
+        metadata=_doc("Draw α each sweep from its Gamma posterior (false: keep it fixed)."),
+    )
+    noise_shape: float = field(default=1.0, metadata=_doc("Shape a₀ of α's Gamma prior (> 0).", min=0.0))
+    noise_rate: float = field(default=1.0, metadata=_doc("Rate b₀ of α's Gamma prior (> 0).", min=0.0))
+    seed: int = field(default=42, metadata=_doc("Seed of the initial values and every draw."))
+    saved_samples: int = field(
+        default=20,
+        metadata=_doc(
+            "Kept samples written whole to `models/bpmf/samples` (evenly spread over the kept "
+            "sweeps) for later scoring and the predictive sd of new pairs.",
+            min=1,
+        ),
+    )
+    init_std: float = field(default=0.1, metadata=_doc("Sd of the initial factors.", min=0.0))
+    num_user_blocks: int = field(
+        default=0, metadata=_doc("User blocks; 0 = Spark's default parallelism.", min=0)
+    )
+    num_item_blocks: int = field(
+        default=0, metadata=_doc("Item blocks; 0 = Spark's default parallelism.", min=0)
+    )
+    clip_predictions: bool = field(
+        default=True,
+        metadata=_doc("Clip the predictive mean to the range of the training ratings."),
+    )
+
+
+@dataclass(frozen=True)
 class AutoencoderConfig:
     orientations: list = field(
         default_factory=lambda: ["by_item", "by_user"],
@@ -246,8 +308,8 @@ class EvaluateConfig:
     predictions_path: str = field(
         default="",
         metadata=_doc(
-            "Long predictions to score (user_idx or user_id, item, prediction); "
-            "default `<output.path>/predictions`."
+            "Long predictions to score (user_idx or user_id, item, prediction); default: every "
+            "model's `<output.path>/predictions/model=<name>`."
         ),
     )
     reconstruction_path: str = field(
@@ -271,8 +333,9 @@ class EvaluateConfig:
     model_name: str = field(
         default="",
         metadata=_doc(
-            "Name in `metrics/summary.model`; default: the model the manifest records for "
-            "`<output.path>/predictions`, else the scored directory's name."
+            "Score only this model's `predictions/model=<name>` (default: every model there); "
+            "with `predictions_path` or `reconstruction_path`, the name in `metrics/summary.model` "
+            "(default: the scored directory's name)."
         ),
     )
     activity_buckets: list = field(
@@ -288,7 +351,7 @@ class EvaluateConfig:
 class BenchmarkConfig:
     systems: list = field(
         default_factory=lambda: ["mllib", "mfspark", "numpy"],
-        metadata=_doc("Systems to run.", choices=("mllib", "mfspark", "numpy")),
+        metadata=_doc("Systems to run.", choices=("mllib", "mfspark", "numpy", "bpmf")),
     )
     tune: bool = field(
         default=True,
@@ -362,6 +425,7 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     als: ALSConfig = field(default_factory=ALSConfig)
+    bpmf: BPMFConfig = field(default_factory=BPMFConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
@@ -392,6 +456,7 @@ _SECTION_TYPES = {
     "synthetic": SyntheticConfig,
     "split": SplitConfig,
     "als": ALSConfig,
+    "bpmf": BPMFConfig,
     "autoencoder": AutoencoderConfig,
     "evaluate": EvaluateConfig,
     "benchmark": BenchmarkConfig,
@@ -534,10 +599,35 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"data.delimiter must be one character, got {d.delimiter!r}")
     if not cfg.output.path:
         raise ConfigError("output.path must not be empty")
+    _check_bpmf(cfg.bpmf)
     if cfg.split.method in ("random", "user", "time") and not 0 < cfg.split.test_fraction < 1:
         raise ConfigError(
             f"split.test_fraction must be strictly between 0 and 1 for split.method = "
             f"{cfg.split.method!r}, got {cfg.split.test_fraction}"
+        )
+
+
+def _check_bpmf(b: BPMFConfig) -> None:
+    for key in ("beta0", "w0_scale", "noise_precision", "noise_shape", "noise_rate"):
+        if getattr(b, key) <= 0:
+            raise ConfigError(
+                f"config key bpmf.{key} must be > 0 (a precision or prior parameter), "
+                f"got {getattr(b, key)!r}"
+            )
+    if b.nu0 and b.nu0 <= b.rank:
+        raise ConfigError(
+            f"config key bpmf.nu0 must be 0 (rank + 1) or above bpmf.rank={b.rank} for a proper "
+            f"Wishart prior, got {b.nu0!r}"
+        )
+    if b.burn_in >= b.samples:
+        raise ConfigError(
+            f"config key bpmf.burn_in ({b.burn_in}) must be below bpmf.samples ({b.samples}), the "
+            "total number of sweeps; raise bpmf.samples or lower bpmf.burn_in"
+        )
+    if b.samples - b.burn_in < b.thin:
+        raise ConfigError(
+            f"config key bpmf.thin ({b.thin}) keeps no sample of the {b.samples - b.burn_in} "
+            "sweeps after burn-in; lower bpmf.thin or raise bpmf.samples"
         )
 
 

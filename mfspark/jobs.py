@@ -43,7 +43,14 @@ JOBS: tuple[Job, ...] = (
     Job(
         "train_als",
         "mfspark.models.als.job:run_train_als",
-        "Train blocked biased ALS on the prepared dataset; write model/, predictions, metrics/.",
+        "Train blocked biased ALS on the prepared dataset; write models/als/, "
+        "predictions/model=als/, metrics/.",
+    ),
+    Job(
+        "train_bpmf",
+        "mfspark.models.bpmf.job:run_train_bpmf",
+        "Train Bayesian MF by Gibbs sampling; write models/bpmf/, predictions/model=bpmf/ "
+        "(with prediction_sd), metrics/.",
     ),
     Job(
         "evaluate",
@@ -82,9 +89,12 @@ DEFAULT_STAGES: tuple[str, ...] = tuple(job.name for job in JOBS if job.stage ==
 
 
 def resolve(target: str) -> Callable:
-    """The function named by ``"module:function"``."""
+    """The function named by ``"module:function"`` (``function`` may be ``Class.method``)."""
     module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+    obj = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def run_function(name: str) -> Callable:

@@ -1,9 +1,10 @@
 """The ``pipeline`` job: every stage in order, one Spark session, a short summary at the end.
 
-Stages (``pipeline.stages``; by default prepare → train_als → evaluate →
+Stages (``pipeline.stages``; by default prepare → train_als → train_bpmf → evaluate →
 build_autoencoder_inputs) are the jobs of :data:`mfspark.jobs.JOBS` marked as stages, and each
 stage is the same function its own job runs, so ``pipeline`` and the separate jobs give
-identical outputs.
+identical outputs. Models report through :mod:`mfspark.models.registry`: a new model adds no
+code here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from mfspark import columns as C
 from mfspark import jobs
 from mfspark.config import Config
 from mfspark.io import join
+from mfspark.models.registry import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,10 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
             f"(cold user {c['test_cold_user']:,}, cold item {c['test_cold_item']:,}); "
             f"rejected {c['rejected']:,}"
         )
-    train = results.get("train_als")
-    if train:
-        t = train["timings"]
-        lines.append(
-            f"  ALS      rank {cfg.als.rank}, {train['iterations']} iterations, "
-            f"{t['median_seconds_per_iteration']:.2f} s/iteration, fit {t['fit_seconds']:.1f} s; "
-            f"train RMSE {train['train_rmse']:.4f}"
-        )
-    if "train_als" in results or "evaluate" in results:
+    trained = [spec for spec in MODELS.values() if results.get(spec.stage)]
+    for spec in trained:
+        lines.append(f"  {spec.name:<8} {results[spec.stage]['summary']}")
+    if trained or "evaluate" in results:
         from mfspark.evaluation import BASE_SEGMENTS, activity_segments, format_summary
 
         order = [

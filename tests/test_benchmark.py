@@ -1,4 +1,4 @@
-"""jobs/benchmark.py end to end on a small planted problem: all three systems, one table."""
+"""jobs/benchmark.py end to end on a small planted problem: all four systems, one table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mfspark.benchmark import run_benchmark
 from mfspark.config import load_config
 
 
-def test_benchmark_runs_three_systems_on_one_split(spark, tmp_path, capsys):
+def test_benchmark_runs_every_system_on_one_split(spark, tmp_path, capsys):
     out = str(tmp_path / "bench")
     cfg = load_config(
         None,
@@ -26,12 +26,15 @@ def test_benchmark_runs_three_systems_on_one_split(spark, tmp_path, capsys):
             "als.reg=4.0",
             "benchmark.tune=false",  # tune() has its own test; this one keeps the suite short
             "benchmark.mllib_reg=0.1",
+            'benchmark.systems=["mllib", "mfspark", "numpy", "bpmf"]',
+            "bpmf.burn_in=1",
+            "bpmf.samples=4",
             f"output.path={out}",
         ],
     )
     entry = run_benchmark(cfg, spark)
     table = spark.read.parquet(f"{out}/{C.BENCHMARK}").toPandas().set_index("system")
-    assert sorted(table.index) == ["mfspark", "mllib", "numpy"]
+    assert sorted(table.index) == ["bpmf", "mfspark", "mllib", "numpy"]
     assert (table["rank"] == 3).all() and (table["iterations"] == 4).all()
     # numpy runs mfspark's arithmetic in one process: the same model, the same test error
     assert table.loc["numpy", "test_rmse"] == pytest.approx(table.loc["mfspark", "test_rmse"], abs=1e-6)
@@ -40,7 +43,9 @@ def test_benchmark_runs_three_systems_on_one_split(spark, tmp_path, capsys):
     # the planted truth and the oracle floor bound every system from below
     truth, floor = entry["planted_truth_test_rmse"], entry["oracle_floor_test_rmse"]
     assert truth < floor < table["test_rmse"].min()
-    timed = table.loc[["mfspark", "numpy"], ["setup_seconds", "seconds_per_iteration", "fit_seconds"]]
+    timed = table.loc[
+        ["mfspark", "numpy", "bpmf"], ["setup_seconds", "seconds_per_iteration", "fit_seconds"]
+    ]
     assert np.isfinite(timed.to_numpy(dtype=float)).all()
     # without the Spark UI (as in tests) MLlib's set-up cannot be separated from its fit
     assert table.loc["mllib", "fit_seconds"] > 0 and table.loc["mllib", "seconds_per_iteration"] > 0

@@ -1,6 +1,6 @@
 """A fitted biased-MF model as Parquet, and predictions for any (user, item) DataFrame.
 
-Layout (DESIGN.md section 3), under a model directory (``<output>/model`` for the jobs):
+Layout, under a model directory (``<output>/models/<model>`` for the jobs):
 
 * ``user_factors`` — ``user_id``, ``user_idx``, ``bias`` (double), ``factors`` (array<float>),
   ``n_train`` (training ratings; 0 for an entity indexed from test rows only)
@@ -121,7 +121,7 @@ class FactorModel:
         )
         return spark.createDataFrame([tuple(row[n] for n, _ in METADATA_FIELDS)], METADATA_SCHEMA)
 
-    def write(self, writer, prefix: str = "model") -> None:
+    def write(self, writer, prefix: str = "models/als") -> None:
         """Write through a :class:`mfspark.io.StagedWriter` (atomic with the stage)."""
         spark = self.users.sparkSession
         users, items = self.factor_frames(spark)
@@ -144,7 +144,7 @@ class FactorModel:
         for name in ("user_factors", "item_factors", "metadata"):
             if not fs.exists(join(path, name)):
                 raise InputError(
-                    f"no model at {path} ({name} missing); train one with jobs/train_als.py"
+                    f"no model at {path} ({name} missing); train one first (e.g. jobs/train_als.py)"
                 )
         meta = spark.read.parquet(join(path, "metadata")).first().asDict()
         users_df = spark.read.parquet(join(path, "user_factors"))

@@ -1,8 +1,7 @@
 """The train_als stage: prepared train/test → blocked biased ALS → model, predictions, metrics.
 
-Writes (atomically, as one stage) ``model/*``, ``predictions`` (one row per test rating:
-``user_id``, ``item_id``, ``user_idx``, ``item_idx``, ``rating``, ``prediction``,
-``cold_user``, ``cold_item``), ``metrics/history`` and this model's rows of
+Writes (atomically, as one stage; :mod:`mfspark.models.outputs`) ``models/als/``,
+``predictions/model=als/``, and this model's rows of ``metrics/history`` and
 ``metrics/summary``, and records the run in ``manifest.json``.
 """
 
@@ -19,16 +18,16 @@ from mfspark import columns as C
 from mfspark.checkpoint import Checkpointer, checkpoint_root
 from mfspark.config import Config
 from mfspark.errors import ConfigError
-from mfspark.io import HadoopFS, read_manifest, staged_outputs, update_manifest
+from mfspark.io import HadoopFS, read_manifest, update_manifest
 from mfspark.models.als.spark import SparkBlockSolver, check_broadcast_size
 from mfspark.models.als.train import ALSParams, ALSResult, ALSState, run_als
 from mfspark.models.factor_model import FactorModel
+from mfspark.models.outputs import write_model_stage
 from mfspark.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "mfspark_als"
-CHECKPOINT_MODEL = "als"  # checkpoints under <output.path>/checkpoints/als/
+MODEL_NAME = "als"  # also the checkpoint directory: <output.path>/checkpoints/als/
 
 
 def fit_prepared(
@@ -118,7 +117,7 @@ def checkpointing(spark: SparkSession, cfg: Config, solver, clip):
         return None, None
     checkpointer = Checkpointer(
         spark,
-        checkpoint_root(cfg.output.path, CHECKPOINT_MODEL),
+        checkpoint_root(cfg.output.path, MODEL_NAME),
         checkpoint_fingerprint(spark, cfg, solver, clip),
     )
     start = None
@@ -155,8 +154,6 @@ def history_frame(spark: SparkSession, result: ALSResult, name: str = MODEL_NAME
 
 
 def run_train_als(cfg: Config, spark: SparkSession) -> dict:
-    from mfspark.evaluation import summarize_predictions, write_summary
-
     started = time.time()
     out = cfg.output.path
     prepared = Prepared.load(spark, out)
@@ -170,34 +167,42 @@ def run_train_als(cfg: Config, spark: SparkSession) -> dict:
     predictions = model.predict_indexed(test).select(
         C.USER_ID, C.ITEM_ID, C.USER_IDX, C.ITEM_IDX, C.RATING, C.PREDICTION, C.COLD_USER, C.COLD_ITEM
     )
-    with model, staged_outputs(spark, out) as stage:  # the model's broadcast lives until written
-        model.write(stage)
-        stage.write(predictions, C.PREDICTIONS)
-        stage.write(history_frame(spark, result).coalesce(1), C.METRICS_HISTORY)
-        written = spark.read.parquet(stage.path(C.PREDICTIONS))
-        summary = summarize_predictions(
-            written, prepared.test, prepared.users, MODEL_NAME, cfg.evaluate.activity_buckets
+    with model:  # the model's prediction broadcast lives until the predictions are written
+        write_model_stage(
+            spark,
+            out,
+            prepared,
+            MODEL_NAME,
+            model.write,
+            predictions,
+            history_frame(spark, result),
+            cfg.evaluate.activity_buckets,
         )
-        write_summary(spark, stage, out, summary, MODEL_NAME)
     per_iter = [h.seconds for h in result.history]
     last = result.history[-1]
+    timings = {
+        "setup_seconds": round(setup_seconds, 3),
+        "median_seconds_per_iteration": round(statistics.median(per_iter), 3),
+        "fit_seconds": round(fit_seconds, 3),
+        "total_seconds": round(time.time() - started, 3),
+    }
     entry = {
         "model": MODEL_NAME,
+        "summary": (
+            f"rank {cfg.als.rank}, {result.iterations} iterations, "
+            f"{timings['median_seconds_per_iteration']:.2f} s/iteration, fit {fit_seconds:.1f} s; "
+            f"train RMSE {last.train_rmse:.4f}"
+        ),
         "iterations": result.iterations,
         "converged": result.converged,
         "train_rmse": last.train_rmse,
         "test_rmse": last.test_rmse,
         "objective": last.objective,
-        "timings": {
-            "setup_seconds": round(setup_seconds, 3),
-            "median_seconds_per_iteration": round(statistics.median(per_iter), 3),
-            "fit_seconds": round(fit_seconds, 3),
-            "total_seconds": round(time.time() - started, 3),
-        },
+        "timings": timings,
     }
     update_manifest(spark, out, "train_als", entry, cfg)
     # Checkpoints only serve to finish this run; once its outputs are committed they go.
-    HadoopFS(spark).delete(checkpoint_root(out, CHECKPOINT_MODEL))
+    HadoopFS(spark).delete(checkpoint_root(out, MODEL_NAME))
     log.info(
         "ALS rank %d, %d iterations: train RMSE %.4f, test RMSE %s (%.1f s)",
         cfg.als.rank,

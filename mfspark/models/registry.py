@@ -1,0 +1,77 @@
+"""The one place a model plugs into the pipeline, the evaluation and later jobs.
+
+A model is a :class:`ModelSpec`: its name (the ``model`` column of ``metrics/*`` and the
+partition of ``predictions/model=<name>/``), its stage (``train_<name>``, a job of
+:data:`mfspark.jobs.JOBS`, which says what function runs it), whether it writes a biased
+factor model (``user_factors``, ``item_factors``,
+``metadata`` under ``models/<name>/``, loadable with
+:meth:`mfspark.models.factor_model.FactorModel.load`), and how to load it for predictions
+(an object with ``transform(df, user_col, item_col, prediction)`` over original ids).
+Functions are named as ``"module:function"`` and imported only when used, so listing the
+models imports no model code.
+
+Every training stage writes (atomically, as one stage) ``models/<name>/``,
+``predictions/model=<name>/`` (one row per test rating) and its own rows of
+``metrics/history`` and ``metrics/summary`` (other models' rows are kept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mfspark import columns as C
+from mfspark.errors import ConfigError
+from mfspark.io import join
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    load: str  # "module:function": load(spark, model_dir) -> object with transform(...)
+    factor_model: bool  # models/<name>/ holds the FactorModel layout
+
+    @property
+    def stage(self) -> str:
+        """Its job (``mfspark.jobs``); the stage's function returns the manifest entry, a
+        dict with at least ``model`` and ``summary`` (one line for the pipeline's summary)."""
+        return f"train_{self.name}"
+
+    def _load_function(self):
+        from mfspark.jobs import resolve
+
+        return resolve(self.load)
+
+    def load_model(self, spark, output: str):
+        """The fitted model under ``<output>/models/<name>``, ready to ``transform``."""
+        return self._load_function()(spark, join(output, C.model_dir(self.name)))
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "als",
+            "blocked biased ALS",
+            "mfspark.models.factor_model:FactorModel.load",
+            factor_model=True,
+        ),
+        ModelSpec(
+            "bpmf",
+            "Bayesian MF by Gibbs sampling (posterior mean, predictive sd)",
+            "mfspark.models.bpmf.posterior:BayesianPosterior.load",
+            factor_model=True,
+        ),
+    )
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; models are: {', '.join(MODELS)}") from None
+
+
+def spec_for_stage(stage: str) -> ModelSpec | None:
+    return next((s for s in MODELS.values() if s.stage == stage), None)
