@@ -198,6 +198,49 @@ class ALSConfig:
 
 
 @dataclass(frozen=True)
+class SVDConfig:
+    rank: int = field(
+        default=10,
+        metadata=_doc("Singular triplets k kept; at most the smaller matrix dimension.", min=1),
+    )
+    oversampling: int = field(
+        default=10,
+        metadata=_doc(
+            "Extra random directions p: the subspace iterated has k + p columns (capped at the "
+            "smaller dimension).",
+            min=0,
+        ),
+    )
+    power_iterations: int = field(
+        default=4,
+        metadata=_doc(
+            "Subspace (power) iterations q after the first range sketch; each costs one pass "
+            "over the user blocks and one over the item blocks.",
+            min=0,
+        ),
+    )
+    seed: int = field(default=42, metadata=_doc("Seed of the random test matrix (per item)."))
+    reg_bias: float = field(
+        default=3.0,
+        metadata=_doc("λ_b of the ridge bias baseline removed before the decomposition.", min=0.0),
+    )
+    bias_iterations: int = field(
+        default=5,
+        metadata=_doc("Alternating user/item bias steps of the baseline.", min=1),
+    )
+    clip_predictions: bool = field(
+        default=True,
+        metadata=_doc("Clip predictions to the range of the training ratings."),
+    )
+    num_user_blocks: int = field(
+        default=0, metadata=_doc("User blocks; 0 = Spark's default parallelism.", min=0)
+    )
+    num_item_blocks: int = field(
+        default=0, metadata=_doc("Item blocks; 0 = Spark's default parallelism.", min=0)
+    )
+
+
+@dataclass(frozen=True)
 class AutoencoderConfig:
     orientations: list = field(
         default_factory=lambda: ["by_item", "by_user"],
@@ -295,13 +338,26 @@ class BenchmarkConfig:
     )
 
 
-PIPELINE_STAGES = ("prepare", "train_als", "evaluate", "build_autoencoder_inputs")
+PIPELINE_STAGES = (
+    "prepare",
+    "train_als",
+    "train_svd",
+    "train_residual",
+    "train_blend",
+    "evaluate",
+    "build_autoencoder_inputs",
+)
+# What `jobs/pipeline.py` runs by default. The residual model (K + 1 ALS fits) and the blend
+# (every member fitted again on a share of train) cost several ALS fits each and are opt-in.
+# The truncated SVD is cheap (2q + 2 passes over the blocks) but is opt-in until ALS writes
+# predictions/model=als: the `evaluate` stage reads `predictions` whole.
+DEFAULT_PIPELINE_STAGES = ("prepare", "train_als", "evaluate", "build_autoencoder_inputs")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     stages: list = field(
-        default_factory=lambda: list(PIPELINE_STAGES),
+        default_factory=lambda: list(DEFAULT_PIPELINE_STAGES),
         metadata=_doc("Stages `jobs/pipeline.py` runs, in this order.", choices=PIPELINE_STAGES),
     )
 
@@ -326,6 +382,7 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     als: ALSConfig = field(default_factory=ALSConfig)
+    svd: SVDConfig = field(default_factory=SVDConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
@@ -356,6 +413,7 @@ _SECTION_TYPES = {
     "synthetic": SyntheticConfig,
     "split": SplitConfig,
     "als": ALSConfig,
+    "svd": SVDConfig,
     "autoencoder": AutoencoderConfig,
     "evaluate": EvaluateConfig,
     "benchmark": BenchmarkConfig,

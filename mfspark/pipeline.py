@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 STAGE_FUNCTIONS = {
     "prepare": ("mfspark.prepare", "run_prepare"),
     "train_als": ("mfspark.models.als.job", "run_train_als"),
+    "train_svd": ("mfspark.models.svd.job", "run_train_svd"),
+    "train_residual": ("mfspark.models.residual.job", "run_train_residual"),
+    "train_blend": ("mfspark.models.blend.job", "run_train_blend"),
     "evaluate": ("mfspark.evaluation", "run_evaluate"),
     "build_autoencoder_inputs": ("mfspark.autoencoder", "run_build_autoencoder_inputs"),
 }
