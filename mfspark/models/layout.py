@@ -66,3 +66,23 @@ def test_predictions(model, test: DataFrame) -> DataFrame:
     """A factor model's predictions for ``prepared/test`` in the predictions layout."""
     rows = test.select(C.USER_ID, C.ITEM_ID, C.USER_IDX, C.ITEM_IDX, C.RATING, C.COLD_USER, C.COLD_ITEM)
     return model.predict_indexed(rows).select(*PREDICTION_COLUMNS)
+
+
+def with_pair_column(df: DataFrame, name: str, spark_type, fn) -> DataFrame:
+    """``df`` plus column ``name`` = ``fn(user_idx, item_idx)`` (numpy arrays → array), computed
+    per Arrow batch: a hash-based split that does not depend on the partitioning."""
+    import numpy as np
+    import pyarrow as pa
+    from pyspark.sql import types as T
+
+    schema = T.StructType(df.schema.fields + [T.StructField(name, spark_type, False)])
+
+    def add(batches):
+        for b in batches:
+            u = b.column(C.USER_IDX).to_numpy(zero_copy_only=False).astype(np.int64)
+            i = b.column(C.ITEM_IDX).to_numpy(zero_copy_only=False).astype(np.int64)
+            yield pa.RecordBatch.from_arrays(
+                [*b.columns, pa.array(fn(u, i))], names=[*b.schema.names, name]
+            )
+
+    return df.mapInArrow(add, schema)

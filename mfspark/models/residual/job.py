@@ -32,7 +32,13 @@ from mfspark import columns as C
 from mfspark.config import Config
 from mfspark.io import staged_outputs, update_manifest
 from mfspark.models.factor_model import FactorModel
-from mfspark.models.layout import PREDICTION_COLUMNS, model_dir, predictions_dir, write_history
+from mfspark.models.layout import (
+    PREDICTION_COLUMNS,
+    model_dir,
+    predictions_dir,
+    with_pair_column,
+    write_history,
+)
 from mfspark.models.members import fit_factor_model
 from mfspark.models.residual.net import MLP, NetResult, train_mlp
 from mfspark.models.residual.train import (
@@ -75,14 +81,9 @@ def _idx(batch: pa.RecordBatch, name: str) -> np.ndarray:
 
 def with_fold(df: DataFrame, seed: int, folds: int) -> DataFrame:
     """``df`` plus its hash fold (0..K−1) per (user_idx, item_idx)."""
-    schema = T.StructType(df.schema.fields + [T.StructField(FOLD, T.IntegerType(), False)])
-
-    def add(batches):
-        for b in batches:
-            fold = fold_of(_idx(b, C.USER_IDX), _idx(b, C.ITEM_IDX), seed, folds).astype(np.int32)
-            yield pa.RecordBatch.from_arrays([*b.columns, pa.array(fold)], names=[*b.schema.names, FOLD])
-
-    return df.mapInArrow(add, schema)
+    return with_pair_column(
+        df, FOLD, T.IntegerType(), lambda u, i: fold_of(u, i, seed, folds).astype(np.int32)
+    )
 
 
 _FEATURE_ROWS = T.StructType(
