@@ -1,6 +1,7 @@
 """``jobs/pipeline.py``: every stage in order, one Spark session, a short summary at the end.
 
-Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs.
+Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs by
+default; train_svd, train_residual and train_blend on request.
 Each stage is the same function its own job runs, so ``pipeline`` and the separate jobs
 give identical outputs.
 """
@@ -76,7 +77,25 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
             f"{t['median_seconds_per_iteration']:.2f} s/iteration, fit {t['fit_seconds']:.1f} s; "
             f"train RMSE {train['train_rmse']:.4f}"
         )
-    if "train_als" in results or "evaluate" in results:
+    svd = results.get("train_svd")
+    if svd:
+        lines.append(
+            f"  SVD      rank {svd['rank']}, {svd['iterations']} power iterations, top-{svd['rank']} "
+            f"triplets remove {100 * svd['explained_share']:.1f}% of the baseline's squared error; "
+            f"fit {svd['timings']['fit_seconds']:.1f} s"
+        )
+    residual = results.get("train_residual")
+    if residual:
+        state = "on" if residual["network_enabled"] else "off (did not beat its base)"
+        lines.append(
+            f"  residual base {residual['base']}, network {state}, best epoch {residual['best_epoch']}; "
+            f"fit {residual['timings']['fit_seconds']:.1f} s"
+        )
+    blend = results.get("train_blend")
+    if blend:
+        weights = ", ".join(f"{m} {w:.3f}" for m, w in blend["weights"].items())
+        lines.append(f"  blend    intercept {blend['intercept']:.3f}, weights {weights}")
+    if "evaluate" in results or any(name.startswith("train_") for name in results):
         from mfspark.evaluation import BASE_SEGMENTS, activity_segments, format_summary
 
         order = [
