@@ -174,7 +174,9 @@ def test_train_svd_stage_outputs(spark, tmp_path):
         spark.read.parquet(f"{out}/metrics/summary").where("model = 'svd' and segment = 'all'").first()
     )
     assert summary["rmse"] == pytest.approx(rmse, rel=1e-9)
-    assert entry["test_rmse"] == pytest.approx(rmse, rel=1e-9)
+    # the history's figure is computed in the blocks from the float64 factors, the written
+    # predictions from the stored float32 factors
+    assert entry["test_rmse"] == pytest.approx(rmse, rel=1e-6)
     history = spark.read.parquet(f"{out}/metrics/history").where("model = 'svd'").orderBy("iteration")
     assert [h["iteration"] for h in history.collect()] == [0, 1, 2, 3]
     # the planted rank-2 structure is found: better than the bias baseline alone

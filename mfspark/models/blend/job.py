@@ -134,11 +134,16 @@ def run_train_blend(cfg: Config, spark: SparkSession) -> dict:
     out = cfg.output.path
     members = resolve_members(cfg, spark)
     prepared = Prepared.load(spark, out)
+    if "svd" in members or ("residual" in members and cfg.residual.base == "svd"):
+        from mfspark.models.layout import prepared_sizes
+        from mfspark.models.svd.job import check_rank
+
+        check_rank(cfg, *prepared_sizes(spark, out, prepared.users, prepared.items))
     rest, validation = split_validation(prepared.train, cfg.blend.seed, cfg.blend.validation_fraction)
     rest, validation = rest.persist(), validation.persist()
+    frames: dict[str, DataFrame] = {}
     try:
         pairs = validation.select(C.USER_IDX, C.ITEM_IDX, C.TIMESTAMP)
-        frames = {}
         for m in members:
             t = time.time()
             frames[m] = fit_predict(m, spark, rest, pairs, prepared.users, prepared.items, cfg).persist()
