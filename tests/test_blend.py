@@ -71,7 +71,7 @@ def test_bad_members_fail_before_fitting(spark, prepared_out):
 
     out, _ = prepared_out
     cfg = lambda *s: load_config(None, [f"output.path={out}", *SETTINGS, *s])  # noqa: E731
-    with pytest.raises(ConfigError, match=r"blend.models: member 'svd' was not trained"):
+    with pytest.raises(ConfigError, match=r"blend.models: member 'als' was not trained"):
         run_train_blend(cfg('blend.models=["als", "svd"]'), spark)
     with pytest.raises(ConfigError, match=r"blend.models: 'bpmf' cannot be blended"):
         run_train_blend(cfg('blend.models=["als", "bpmf"]'), spark)
