@@ -73,12 +73,13 @@ def resolve_members(cfg: Config, spark: SparkSession) -> list[str]:
                 "in blend.models"
             )
         return members
+    unknown = [m for m in cfg.blend.models if m not in MEMBERS]
+    if unknown:
+        raise ConfigError(
+            f"blend.models: {unknown[0]!r} cannot be blended yet (no fit-and-predict function "
+            f"registered); blendable: {', '.join(MEMBERS)}"
+        )
     for m in cfg.blend.models:
-        if m not in MEMBERS:
-            raise ConfigError(
-                f"blend.models: {m!r} cannot be blended yet (no fit-and-predict function "
-                f"registered); blendable: {', '.join(MEMBERS)}"
-            )
         if not trained(m):
             raise ConfigError(
                 f"blend.models: member {m!r} was not trained (no {join(out, predictions_dir(m))}); "
