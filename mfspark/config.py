@@ -296,6 +296,114 @@ class BPMFConfig:
 
 
 @dataclass(frozen=True)
+class SVDConfig:
+    rank: int = field(
+        default=10,
+        metadata=_doc("Singular triplets k kept; at most the smaller matrix dimension.", min=1),
+    )
+    oversampling: int = field(
+        default=10,
+        metadata=_doc(
+            "Extra random directions p: the subspace iterated has k + p columns (capped at the "
+            "smaller dimension).",
+            min=0,
+        ),
+    )
+    power_iterations: int = field(
+        default=4,
+        metadata=_doc(
+            "Subspace (power) iterations q after the first range sketch; each costs one pass "
+            "over the user blocks and one over the item blocks.",
+            min=0,
+        ),
+    )
+    seed: int = field(default=42, metadata=_doc("Seed of the random test matrix (per item)."))
+    reg_bias: float = field(
+        default=3.0,
+        metadata=_doc("λ_b of the ridge bias baseline removed before the decomposition.", min=0.0),
+    )
+    bias_iterations: int = field(
+        default=5,
+        metadata=_doc("Alternating user/item bias steps of the baseline.", min=1),
+    )
+    clip_predictions: bool = field(
+        default=True,
+        metadata=_doc("Clip predictions to the range of the training ratings."),
+    )
+    num_user_blocks: int = field(
+        default=0, metadata=_doc("User blocks; 0 = Spark's default parallelism.", min=0)
+    )
+    num_item_blocks: int = field(
+        default=0, metadata=_doc("Item blocks; 0 = Spark's default parallelism.", min=0)
+    )
+
+
+RESIDUAL_BASES = ("als", "svd")
+BLEND_MEMBERS = ("als", "svd", "residual", "bpmf", "autorec", "autorec_user")
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    base: str = field(
+        default="als",
+        metadata=_doc(
+            "Base model whose errors the network learns (refitted per fold with its own section's "
+            "settings).",
+            choices=RESIDUAL_BASES,
+        ),
+    )
+    hidden_layers: list = field(
+        default_factory=lambda: [32, 16],
+        metadata=_doc("Sizes of the network's ReLU hidden layers."),
+    )
+    learning_rate: float = field(default=1e-3, metadata=_doc("Adam step size.", min=0.0))
+    l2: float = field(default=1e-4, metadata=_doc("L2 penalty on the network's weights.", min=0.0))
+    epochs: int = field(default=30, metadata=_doc("Most passes over the training rows.", min=1))
+    batch_size: int = field(default=512, metadata=_doc("Rows per Adam step.", min=1))
+    patience: int = field(
+        default=3,
+        metadata=_doc("Stop after this many epochs without a lower validation error.", min=1),
+    )
+    folds: int = field(
+        default=5,
+        metadata=_doc("K: the base is refitted K times for out-of-fold residuals.", min=2),
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata=_doc("Share of the out-of-fold rows held out for early stopping.", min=0.0, max=0.5),
+    )
+    max_train_rows: int = field(
+        default=2_000_000,
+        metadata=_doc(
+            "Most feature rows collected to the driver to train the network (a hash sample of "
+            "train when larger; 2M rows x 2k+7 float32 is about 0.2 GB at rank 10).",
+            min=1,
+        ),
+    )
+    seed: int = field(default=42, metadata=_doc("Seed of the folds, the sample and the network."))
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    models: list = field(
+        default_factory=list,
+        metadata=_doc(
+            "Members; empty = every blendable model whose test predictions are under "
+            "`predictions/model=<name>/`.",
+            choices=BLEND_MEMBERS,
+        ),
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata=_doc("Share of train held out (by hash) to fit the weights.", min=0.0, max=0.5),
+    )
+    l2: float = field(
+        default=1.0, metadata=_doc("Ridge penalty on the weights (not the intercept).", min=0.0)
+    )
+    seed: int = field(default=42, metadata=_doc("Seed of the validation hash."))
+
+
+@dataclass(frozen=True)
 class AutoencoderConfig:
     orientations: list = field(
         default_factory=lambda: ["by_item", "by_user"],
@@ -426,6 +534,9 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     als: ALSConfig = field(default_factory=ALSConfig)
     bpmf: BPMFConfig = field(default_factory=BPMFConfig)
+    svd: SVDConfig = field(default_factory=SVDConfig)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
@@ -457,6 +568,9 @@ _SECTION_TYPES = {
     "split": SplitConfig,
     "als": ALSConfig,
     "bpmf": BPMFConfig,
+    "svd": SVDConfig,
+    "residual": ResidualConfig,
+    "blend": BlendConfig,
     "autoencoder": AutoencoderConfig,
     "evaluate": EvaluateConfig,
     "benchmark": BenchmarkConfig,
@@ -600,6 +714,18 @@ def _check_consistency(cfg: Config) -> None:
     if not cfg.output.path:
         raise ConfigError("output.path must not be empty")
     _check_bpmf(cfg.bpmf)
+    if not all(
+        isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in cfg.residual.hidden_layers
+    ):
+        raise ConfigError(
+            "residual.hidden_layers must be a list of positive integers, got "
+            f"{cfg.residual.hidden_layers!r}"
+        )
+    if len(set(cfg.blend.models)) != len(cfg.blend.models) or len(cfg.blend.models) == 1:
+        raise ConfigError(
+            "blend.models must name two or more different models (or be empty), got "
+            f"{cfg.blend.models!r}"
+        )
     if cfg.split.method in ("random", "user", "time") and not 0 < cfg.split.test_fraction < 1:
         raise ConfigError(
             f"split.test_fraction must be strictly between 0 and 1 for split.method = "

@@ -53,6 +53,27 @@ JOBS: tuple[Job, ...] = (
         "(with prediction_sd), metrics/.",
     ),
     Job(
+        "train_svd",
+        "mfspark.models.svd.job:run_train_svd",
+        "Truncated SVD of the bias-removed ratings on the rating blocks; write models/svd/ "
+        "(with singular_values), predictions/model=svd/, metrics/.",
+        stage=OPTIONAL_STAGE,
+    ),
+    Job(
+        "train_residual",
+        "mfspark.models.residual.job:run_train_residual",
+        "A base model plus a small network trained on its out-of-fold errors; write "
+        "models/residual/, predictions/model=residual/, metrics/.",
+        stage=OPTIONAL_STAGE,
+    ),
+    Job(
+        "train_blend",
+        "mfspark.models.blend.job:run_train_blend",
+        "Ridge blend of trained models, weights fitted on a held-out share of train; write "
+        "models/blend/, predictions/model=blend/, metrics/summary.",
+        stage=OPTIONAL_STAGE,
+    ),
+    Job(
         "evaluate",
         "mfspark.evaluation:run_evaluate",
         "Score predictions (or autoencoder reconstructions) on the held-out ratings; "

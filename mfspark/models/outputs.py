@@ -15,12 +15,14 @@ from collections.abc import Callable
 from pyspark.sql import DataFrame, SparkSession
 
 from mfspark import columns as C
-from mfspark.io import staged_outputs
+from mfspark.io import read_manifest, staged_outputs
 from mfspark.prepare import Prepared
 
 #: Columns of a model's predictions, before and after its own (e.g. ``prediction_sd``).
 PREDICTION_KEYS = (C.USER_ID, C.ITEM_ID, C.USER_IDX, C.ITEM_IDX, C.RATING, C.PREDICTION)
 PREDICTION_FLAGS = (C.COLD_USER, C.COLD_ITEM)
+#: Columns of a model's test predictions (without model-specific extras).
+PREDICTION_COLUMNS = (*PREDICTION_KEYS, *PREDICTION_FLAGS)
 
 
 def write_model_stage(
@@ -49,3 +51,40 @@ def write_model_stage(
             spark.read.parquet(path), prepared.test, prepared.users, model, activity_buckets
         )
         write_summary(spark, stage, output, summary, model)
+
+
+def prepared_sizes(
+    spark: SparkSession, output: str, users: DataFrame, items: DataFrame
+) -> tuple[int, int]:
+    """(n_users, n_items) of the prepared dataset: from the manifest when the prepare stage
+    recorded them (no Spark job), else counted."""
+    counts = read_manifest(spark, output).get("stages", {}).get("prepare", {}).get("counts", {})
+    if isinstance(counts.get("users"), int) and isinstance(counts.get("items"), int):
+        return counts["users"], counts["items"]
+    return users.count(), items.count()
+
+
+def test_predictions(model, test: DataFrame) -> DataFrame:
+    """A factor model's predictions for ``prepared/test`` in the predictions layout."""
+    rows = test.select(C.USER_ID, C.ITEM_ID, C.USER_IDX, C.ITEM_IDX, C.RATING, C.COLD_USER, C.COLD_ITEM)
+    return model.predict_indexed(rows).select(*PREDICTION_COLUMNS)
+
+
+def with_pair_column(df: DataFrame, name: str, spark_type, fn) -> DataFrame:
+    """``df`` plus column ``name`` = ``fn(user_idx, item_idx)`` (numpy arrays → array), computed
+    per Arrow batch: a hash-based split that does not depend on the partitioning."""
+    import numpy as np
+    import pyarrow as pa
+    from pyspark.sql import types as T
+
+    schema = T.StructType(df.schema.fields + [T.StructField(name, spark_type, False)])
+
+    def add(batches):
+        for b in batches:
+            u = b.column(C.USER_IDX).to_numpy(zero_copy_only=False).astype(np.int64)
+            i = b.column(C.ITEM_IDX).to_numpy(zero_copy_only=False).astype(np.int64)
+            yield pa.RecordBatch.from_arrays(
+                [*b.columns, pa.array(fn(u, i))], names=[*b.schema.names, name]
+            )
+
+    return df.mapInArrow(add, schema)

@@ -28,8 +28,10 @@ from mfspark.io import join
 class ModelSpec:
     name: str
     description: str
-    load: str  # "module:function": load(spark, model_dir) -> object with transform(...)
     factor_model: bool  # models/<name>/ holds the FactorModel layout
+    # "module:function": load(spark, model_dir) -> object with transform(...); "" when the
+    # model scores only the pairs it was trained to predict (its predictions/ partition)
+    load: str = ""
 
     @property
     def stage(self) -> str:
@@ -44,6 +46,8 @@ class ModelSpec:
 
     def load_model(self, spark, output: str):
         """The fitted model under ``<output>/models/<name>``, ready to ``transform``."""
+        if not self.load:
+            raise ConfigError(f"model {self.name!r} cannot score new pairs; use its predictions")
         return self._load_function()(spark, join(output, C.model_dir(self.name)))
 
 
@@ -53,14 +57,30 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "als",
             "blocked biased ALS",
-            "mfspark.models.factor_model:FactorModel.load",
             factor_model=True,
+            load="mfspark.models.factor_model:FactorModel.load",
         ),
         ModelSpec(
             "bpmf",
             "Bayesian MF by Gibbs sampling (posterior mean, predictive sd)",
-            "mfspark.models.bpmf.posterior:BayesianPosterior.load",
             factor_model=True,
+            load="mfspark.models.bpmf.posterior:BayesianPosterior.load",
+        ),
+        ModelSpec(
+            "svd",
+            "truncated SVD of the bias-removed ratings",
+            factor_model=True,
+            load="mfspark.models.factor_model:FactorModel.load",
+        ),
+        ModelSpec(
+            "residual",
+            "a base factor model plus a network trained on its out-of-fold errors",
+            factor_model=False,
+        ),
+        ModelSpec(
+            "blend",
+            "ridge blend of trained models",
+            factor_model=False,
         ),
     )
 }
