@@ -123,6 +123,7 @@ class BayesianMF(Estimator, _BayesianMFParams, MLReadable, MLWritable):
         return self._set(**kwargs)
 
     def _fit(self, dataset: DataFrame) -> BayesianMFModel:
+        from mfspark.ml import check_ratings
         from mfspark.models.bpmf.job import fit_bpmf, training_clip
 
         g = self.get
@@ -143,16 +144,7 @@ class BayesianMF(Estimator, _BayesianMFParams, MLReadable, MLWritable):
             F.col(g("itemCol")).alias(C.ITEM_ID),
             F.col(g("ratingCol")).cast("double").alias(C.RATING),
         )
-        bad = ratings.where(
-            F.col(C.USER_ID).isNull()
-            | F.col(C.ITEM_ID).isNull()
-            | F.col(C.RATING).isNull()
-            | F.isnan(C.RATING)
-        ).count()
-        if bad:
-            raise MfsparkError(
-                f"{bad} training rows have a null id or a null/NaN rating; filter them out"
-            )
+        check_ratings(ratings)  # the same guards as BiasedALS
         parts = dataset.sparkSession.sparkContext.defaultParallelism
         users = dense_index(ratings, C.USER_ID, C.USER_IDX, parts)
         items = dense_index(ratings, C.ITEM_ID, C.ITEM_IDX, parts)
