@@ -24,6 +24,7 @@ STAGE_FUNCTIONS = {
     "train_als": ("mfspark.models.als.job", "run_train_als"),
     "evaluate": ("mfspark.evaluation", "run_evaluate"),
     "build_autoencoder_inputs": ("mfspark.autoencoder", "run_build_autoencoder_inputs"),
+    "recommend": ("mfspark.recommend", "run_recommend"),
 }
 
 
@@ -38,6 +39,10 @@ def preflight_pipeline(cfg: Config) -> None:
         from mfspark.prepare import preflight_prepare
 
         preflight_prepare(cfg)
+    if "recommend" in cfg.pipeline.stages:
+        from mfspark.recommend import preflight_recommend
+
+        preflight_recommend(cfg)
 
 
 def run_pipeline(cfg: Config, spark: SparkSession) -> dict:
