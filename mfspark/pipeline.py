@@ -1,6 +1,7 @@
 """``jobs/pipeline.py``: every stage in order, one Spark session, a short summary at the end.
 
-Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs.
+Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs →
+recommend.
 Each stage is the same function its own job runs, so ``pipeline`` and the separate jobs
 give identical outputs.
 """
@@ -90,6 +91,20 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
         rows.sort(key=lambda r: (r["model"], rank.get(r["segment"], len(rank)), r["segment"]))
         lines += ["  test metrics (held-out ratings only):"]
         lines += ["    " + line for line in format_summary(rows).splitlines()]
+    rec = results.get("recommend")
+    if rec:
+        from mfspark.recommend import format_ranking
+
+        rows = [
+            {"model": name, "k": rec["k"], "metric": metric, "value": value}
+            for name, info in rec["models"].items()
+            for metric, value in info.get("metrics", {}).items()
+        ]
+        lines.append(
+            f"  top-{rec['k']}  lists for {', '.join(rec['models'])} under {join(out, C.RECOMMENDATIONS)}/"
+        )
+        if rows:
+            lines += ["    " + line for line in format_ranking(rows).splitlines()]
     ae = results.get("build_autoencoder_inputs")
     if ae:
         built = ", ".join(cfg.autoencoder.orientations)
