@@ -100,9 +100,8 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
             for name, info in rec["models"].items()
             for metric, value in info.get("metrics", {}).items()
         ]
-        lines.append(
-            f"  top-{rec['k']}  lists for {', '.join(rec['models'])} under {join(out, C.RECOMMENDATIONS)}/"
-        )
+        listed = ", ".join(rec["models"])
+        lines.append(f"  top-{rec['k']}  lists for {listed} under {join(out, C.RECOMMENDATIONS)}/")
         if rows:
             lines += ["    " + line for line in format_ranking(rows).splitlines()]
     ae = results.get("build_autoencoder_inputs")
