@@ -19,6 +19,11 @@ larger than Spark's (about 5–30 rather than 0.01–0.1 on MovieLens-like data 
 ``regScaling="count"`` for Spark-like values); and ``coldStartStrategy`` defaults to
 ``"fallback"``: an unknown user or item is predicted as μ plus the known bias, never NaN
 (``"nan"`` and ``"drop"`` behave as in Spark).
+
+Top-K lists: ``recommendForAllUsers``, ``recommendForUserSubset``, ``recommendForAllItems`` and
+``recommendForItemSubset`` return Spark's schema (``recommendations``: array of (item, rating)
+structs, best first), computed block by block by :mod:`mfspark.recommend`; ``excludeSeen=True``
+leaves out the pairs rated in training, which Spark cannot do.
 """
 
 from __future__ import annotations
