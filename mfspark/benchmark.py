@@ -297,7 +297,7 @@ def fit_mllib(spark, train, test, rank, iterations, reg, seed, global_mean, tag)
     else:
         setup, per_iter = None, [fit_seconds / iterations]
         timing = "fit / iterations (Spark UI timeline unavailable)"
-    return float(rmse), fit_seconds, setup, per_iter, timing
+    return float(rmse), fit_seconds, setup, per_iter, timing, model
 
 
 def fit_mfspark(spark, train, test, n_users, n_items, params, cfg):
@@ -383,6 +383,80 @@ def fit_bpmf_system(spark, train, test, n_users, n_items, cfg: Config, clip) -> 
         iteration_timing="median Gibbs sweep",
         reg_scaling="posterior",
     )
+
+
+# -- top-K recommendation ------------------------------------------------------------------
+BENCHMARK_RECOMMEND = "benchmark_recommend"
+RECOMMEND_SCHEMA = T.StructType(
+    [
+        T.StructField("system", T.StringType(), False),
+        T.StructField("k", T.IntegerType(), False),
+        T.StructField("exclude_seen", T.BooleanType(), False),
+        T.StructField("n_users", T.LongType(), False),
+        T.StructField("seconds", T.DoubleType(), False),
+    ]
+)
+
+
+@dataclass
+class RecommendRun:
+    system: str
+    k: int
+    exclude_seen: bool
+    n_users: int
+    seconds: float
+
+
+def _timed_write(df: DataFrame) -> float:
+    """Seconds to compute ``df`` completely (written to Spark's no-op sink)."""
+    started = time.time()
+    df.write.format("noop").mode("overwrite").save()
+    return time.time() - started
+
+
+def time_recommend(
+    spark, mllib_model, params, train: DataFrame, k: int, cfg: Config
+) -> list[RecommendRun]:
+    """K lists for every user: MLlib's ``recommendForAllUsers`` on its own model, then
+    mfspark's on its model without and with seen-item exclusion, each computed in full.
+
+    Both outputs are keyed by the dense indices both systems were fitted on (no id mapping on
+    either side), so the timings compare the ranking work itself.
+    """
+    from mfspark.recommend import COL, ROW, factor_scorer, index_frame, rank_frame
+
+    runs = []
+    mllib = mllib_model.recommendForAllUsers(k)
+    seconds = _timed_write(mllib)
+    runs.append(RecommendRun("mllib", k, False, mllib_model.userFactors.count(), seconds))
+    log.info("MLlib recommendForAllUsers(%d): %.1f s", k, seconds)
+    users = np.flatnonzero(np.asarray(params.user_counts) > 0)
+    rows = index_frame(spark, users)
+    seen = train.select(F.col(C.USER_IDX).alias(ROW), F.col(C.ITEM_IDX).alias(COL))
+    for exclude in (False, True):
+        ranked = rank_frame(
+            spark, rows, seen if exclude else None, factor_scorer(params), k, cfg.recommend.num_blocks
+        )
+        try:
+            seconds = _timed_write(ranked.frame)
+        finally:
+            ranked.close()
+        runs.append(RecommendRun("mfspark", k, exclude, len(users), seconds))
+        log.info("mfspark top-%d lists (exclude_seen=%s): %.1f s", k, exclude, seconds)
+    return runs
+
+
+def recommend_text(runs: list[RecommendRun]) -> str:
+    base = next(r for r in runs if r.system == "mllib")
+    lines = ["", f"top-{base.k} lists for every user ({base.n_users:,} users):"]
+    lines.append(f"{'system':<9}{'exclude seen':>14}{'seconds':>10}{'vs MLlib':>10}")
+    for r in runs:
+        lines.append(
+            f"{r.system:<9}{'yes' if r.exclude_seen else 'no':>14}{r.seconds:10.1f}"
+            f"{r.seconds / base.seconds if base.seconds else float('nan'):9.2f}x"
+        )
+    lines.append("MLlib cannot exclude seen items; its lists may contain items the user rated.")
+    return "\n".join(lines)
 
 
 # -- driver --------------------------------------------------------------------------------
@@ -503,7 +577,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     )
     if "mllib" in bench.systems:
         with PeakMemory("jvm") as mem:
-            rmse, fit_s, setup, per_iter, timing = fit_mllib(
+            rmse, fit_s, setup, per_iter, timing, mllib_model = fit_mllib(
                 spark, train, test, rank, iterations, regs["mllib"], als.seed, global_mean, "final"
             )
         runs.append(
@@ -525,6 +599,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     if "mfspark" in bench.systems:
         with PeakMemory("all") as mem:
             result, fit_s, setup = fit_mfspark(spark, train, test, n_users, n_items, final, cfg)
+        mfspark_model = result.model
         runs.append(
             SystemRun(
                 "mfspark",
@@ -565,6 +640,12 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     if "bpmf" in bench.systems:
         runs.append(fit_bpmf_system(spark, train, test, n_users, n_items, cfg, clip))
     truth = planted_truth_rmse(spark, out, prepared.test, clip)
+    timings = []
+    if bench.recommend:
+        if not {"mllib", "mfspark"} <= set(bench.systems):
+            log.warning("benchmark.recommend needs the mllib and mfspark systems; skipped")
+        else:
+            timings = time_recommend(spark, mllib_model, mfspark_model, train, cfg.recommend.k, cfg)
     train.unpersist(), test.unpersist()
     master = spark.sparkContext.master
     rows = [
@@ -592,8 +673,16 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     ]
     with staged_outputs(spark, out) as stage:
         stage.write(spark.createDataFrame(rows, BENCHMARK_SCHEMA).coalesce(1), C.BENCHMARK)
+        if timings:
+            stage.write(
+                spark.createDataFrame(
+                    [tuple(asdict(t).values()) for t in timings], RECOMMEND_SCHEMA
+                ).coalesce(1),
+                BENCHMARK_RECOMMEND,
+            )
     entry = {
         "runs": [asdict(r) for r in runs],
+        "recommend": [asdict(t) for t in timings],
         "planted_truth_test_rmse": truth,
         "oracle_floor_test_rmse": oracle,
         "n_train": n_train,
@@ -602,6 +691,8 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     }
     update_manifest(spark, out, "benchmark", entry, cfg)
     print(table_text(runs, truth, oracle, n_train, n_test, n_users, n_items, master))
+    if timings:
+        print(recommend_text(timings))
     return entry
 
 

@@ -85,6 +85,18 @@ def predictions_dir(model: str) -> str:
     return f"{PREDICTIONS}/{MODEL}={model}"
 
 
+# Top-K recommendations (the recommend stage); per-model datasets are Hive partitions
+# `<dataset>/model=<name>/`, so reading the dataset whole gives a `model` column.
+RECOMMENDATIONS = "recommendations"
+RECOMMENDATIONS_UNKNOWN_USERS = "recommendations_unknown_users"
+SIMILAR_ITEMS = "similar_items"
+METRICS_RANKING = "metrics/ranking"
+RANK = "rank"
+SCORE = "score"
+SIMILAR_ITEM_ID = "similar_item_id"
+SIMILARITY = "similarity"
+
+
 def ratings_schema(id_type: T.DataType) -> T.StructType:
     """Schema of `prepared/train` (and, with the cold flags, `prepared/test`)."""
     return T.StructType(
@@ -187,5 +199,42 @@ AE_METADATA_SCHEMA = T.StructType(
         T.StructField("nnz_train", T.LongType(), False),
         T.StructField("nnz_test", T.LongType(), False),
         T.StructField("orientations", T.ArrayType(T.StringType(), False), False),
+    ]
+)
+
+
+def recommendations_schema(id_type: T.DataType) -> T.StructType:
+    """Schema of `recommendations/model=<name>` (one row per user and rank)."""
+    return T.StructType(
+        [
+            T.StructField(USER_ID, id_type, False),
+            T.StructField(RANK, T.IntegerType(), False),
+            T.StructField(ITEM_ID, id_type, False),
+            T.StructField(SCORE, T.DoubleType(), False),
+        ]
+    )
+
+
+def similar_items_schema(id_type: T.DataType) -> T.StructType:
+    """Schema of `similar_items/model=<name>` (one row per item and rank)."""
+    return T.StructType(
+        [
+            T.StructField(ITEM_ID, id_type, False),
+            T.StructField(RANK, T.IntegerType(), False),
+            T.StructField(SIMILAR_ITEM_ID, id_type, False),
+            T.StructField(SIMILARITY, T.DoubleType(), False),
+        ]
+    )
+
+
+RANKING_METRICS = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate", "coverage")
+RANKING_SCHEMA = T.StructType(
+    [
+        T.StructField("model", T.StringType(), False),
+        T.StructField("k", T.IntegerType(), False),
+        T.StructField("metric", T.StringType(), False),
+        T.StructField("value", T.DoubleType(), True),
+        # users averaged over: with >= 1 relevant test rating and a list (coverage: users listed)
+        T.StructField("n_users", T.LongType(), False),
     ]
 )

@@ -456,6 +456,54 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class RecommendConfig:
+    k: int = field(
+        default=10, metadata=_doc("Length K of every top-K list (and of the ranking metrics).", min=1)
+    )
+    models: list = field(
+        default_factory=list,
+        metadata=_doc(
+            "Models to recommend with: names of factor models under `<output.path>/models/` and "
+            "`popularity` (most-rated unseen items). Empty: every factor model found there, plus "
+            "`popularity`."
+        ),
+    )
+    users_path: str = field(
+        default="",
+        metadata=_doc(
+            "Users to recommend for: a text file with one user id per line, or Parquet with a "
+            "`user_id` column. Empty: every user of the prepared dataset. Unknown ids are counted "
+            "and written to `recommendations_unknown_users`."
+        ),
+    )
+    exclude_seen: bool = field(
+        default=True, metadata=_doc("Never recommend an item the user rated in train.")
+    )
+    relevance_threshold: float = field(
+        default=4.0,
+        metadata=_doc("A test rating at or above this is relevant (for `metrics/ranking`)."),
+    )
+    candidate_items: list = field(
+        default_factory=list,
+        metadata=_doc("Item ids that may be recommended. Empty: every item with training ratings."),
+    )
+    similar_items: bool = field(
+        default=False,
+        metadata=_doc(
+            "Also write `similar_items`: per item the K most cosine-similar items (item factors)."
+        ),
+    )
+    num_blocks: int = field(
+        default=0,
+        metadata=_doc(
+            "Blocks of users (items for similar items) scored as one task each; 0 = Spark's "
+            "default parallelism. Results do not depend on it.",
+            min=0,
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
     systems: list = field(
         default_factory=lambda: ["mllib", "mfspark", "numpy"],
@@ -500,6 +548,14 @@ class BenchmarkConfig:
             "and split settings; otherwise run the prepare stage first."
         ),
     )
+    recommend: bool = field(
+        default=False,
+        metadata=_doc(
+            "Also time top-K recommendation for every user (K = `recommend.k`): MLlib's "
+            "`recommendForAllUsers` on its model vs mfspark's lists on its model, with and "
+            "without seen-item exclusion (needs the `mllib` and `mfspark` systems)."
+        ),
+    )
 
 
 PIPELINE_STAGES = jobs.STAGES  # every job that can be a stage, in run order (mfspark/jobs.py)
@@ -539,6 +595,7 @@ class Config:
     blend: BlendConfig = field(default_factory=BlendConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -573,6 +630,7 @@ _SECTION_TYPES = {
     "blend": BlendConfig,
     "autoencoder": AutoencoderConfig,
     "evaluate": EvaluateConfig,
+    "recommend": RecommendConfig,
     "benchmark": BenchmarkConfig,
     "pipeline": PipelineConfig,
     "output": OutputConfig,
@@ -725,6 +783,13 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             "blend.models must name two or more different models (or be empty), got "
             f"{cfg.blend.models!r}"
+        )
+    rc = cfg.recommend
+    n_candidates = len({str(i) for i in rc.candidate_items})
+    if rc.candidate_items and rc.k > n_candidates:
+        raise ConfigError(
+            f"recommend.k ({rc.k}) is larger than the {n_candidates} distinct "
+            "recommend.candidate_items; lower recommend.k or list more items"
         )
     if cfg.split.method in ("random", "user", "time") and not 0 < cfg.split.test_fraction < 1:
         raise ConfigError(

@@ -85,6 +85,13 @@ JOBS: tuple[Job, ...] = (
         "Build autoencoder inputs: ae_inputs/by_item, ae_inputs/by_user and ae_inputs/metadata.",
     ),
     Job(
+        "recommend",
+        "mfspark.recommend:run_recommend",
+        "Top-K lists for every user from every trained factor model and a popularity baseline; "
+        "write recommendations/, metrics/ranking (and similar_items/).",
+        preflight="mfspark.recommend:preflight_recommend",
+    ),
+    Job(
         "pipeline",
         "mfspark.pipeline:run_pipeline",
         "Run the stages of pipeline.stages in order in one Spark session; print a summary.",

@@ -1,8 +1,8 @@
 """The ``pipeline`` job: every stage in order, one Spark session, a short summary at the end.
 
 Stages (``pipeline.stages``; by default prepare → train_als → train_bpmf → evaluate →
-build_autoencoder_inputs) are the jobs of :data:`mfspark.jobs.JOBS` marked as stages, and each
-stage is the same function its own job runs, so ``pipeline`` and the separate jobs give
+build_autoencoder_inputs → recommend) are the jobs of :data:`mfspark.jobs.JOBS` marked as
+stages, and each stage is the same function its own job runs, so ``pipeline`` and the separate jobs give
 identical outputs. Models report through :mod:`mfspark.models.registry`: a new model adds no
 code here.
 """
@@ -76,6 +76,19 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
         rows.sort(key=lambda r: (r["model"], rank.get(r["segment"], len(rank)), r["segment"]))
         lines += ["  test metrics (held-out ratings only):"]
         lines += ["    " + line for line in format_summary(rows).splitlines()]
+    rec = results.get("recommend")
+    if rec:
+        from mfspark.recommend import format_ranking
+
+        rows = [
+            {"model": name, "k": rec["k"], "metric": metric, "value": value}
+            for name, info in rec["models"].items()
+            for metric, value in info.get("metrics", {}).items()
+        ]
+        listed = ", ".join(rec["models"])
+        lines.append(f"  top-{rec['k']}  lists for {listed} under {join(out, C.RECOMMENDATIONS)}/")
+        if rows:
+            lines += ["    " + line for line in format_ranking(rows).splitlines()]
     ae = results.get("build_autoencoder_inputs")
     if ae:
         built = ", ".join(cfg.autoencoder.orientations)

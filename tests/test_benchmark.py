@@ -68,3 +68,36 @@ def test_tune_extends_the_grid_past_an_edge():
     assert best == 120.0 and len(scores) == 7
     best, _ = tune([50.0, 100.0, 200.0], score, "test", "grid")  # interior: no extension
     assert best == 100.0 and calls[-1] == 200.0 and len(calls) == 10
+
+
+def test_benchmark_times_top_k_for_all_users_against_mllib(spark, tmp_path, capsys):
+    out = str(tmp_path / "bench")
+    cfg = load_config(
+        None,
+        [
+            "data.format=synthetic",
+            "synthetic.n_users=120",
+            "synthetic.n_items=60",
+            "synthetic.n_ratings=2000",
+            "synthetic.rank=2",
+            "als.rank=2",
+            "als.max_iter=2",
+            'benchmark.systems=["mllib", "mfspark"]',
+            "benchmark.tune=false",
+            "benchmark.recommend=true",
+            "recommend.k=5",
+            "recommend.num_blocks=3",
+            f"output.path={out}",
+        ],
+    )
+    entry = run_benchmark(cfg, spark)
+    table = spark.read.parquet(f"{out}/benchmark_recommend").toPandas()
+    assert list(zip(table["system"], table["exclude_seen"], strict=True)) == [
+        ("mllib", False),
+        ("mfspark", False),
+        ("mfspark", True),
+    ]
+    n_train_users = spark.read.parquet(f"{out}/{C.PREPARED_TRAIN}").select(C.USER_IDX).distinct().count()
+    assert (table["n_users"] == n_train_users).all() and (table["k"] == 5).all()
+    assert (table["seconds"] > 0).all() and len(entry["recommend"]) == 3
+    assert "top-5 lists for every user" in capsys.readouterr().out
