@@ -1,6 +1,7 @@
 """``jobs/pipeline.py``: every stage in order, one Spark session, a short summary at the end.
 
-Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs.
+Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs by
+default; ``train_autorec`` may be added after ``build_autoencoder_inputs``.
 Each stage is the same function its own job runs, so ``pipeline`` and the separate jobs
 give identical outputs.
 """
@@ -15,6 +16,7 @@ from pyspark.sql import SparkSession
 
 from mfspark import columns as C
 from mfspark.config import Config
+from mfspark.errors import ConfigError
 from mfspark.io import join
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,7 @@ STAGE_FUNCTIONS = {
     "train_als": ("mfspark.models.als.job", "run_train_als"),
     "evaluate": ("mfspark.evaluation", "run_evaluate"),
     "build_autoencoder_inputs": ("mfspark.autoencoder", "run_build_autoencoder_inputs"),
+    "train_autorec": ("mfspark.models.autorec.job", "run_train_autorec"),
 }
 
 
@@ -38,6 +41,19 @@ def preflight_pipeline(cfg: Config) -> None:
         from mfspark.prepare import preflight_prepare
 
         preflight_prepare(cfg)
+    stages = list(cfg.pipeline.stages)
+    if "train_autorec" in stages:
+        from mfspark.models.autorec.job import preflight_train_autorec
+
+        before = stages[: stages.index("train_autorec")]
+        if "build_autoencoder_inputs" in stages[stages.index("train_autorec") :] and (
+            "build_autoencoder_inputs" not in before
+        ):
+            raise ConfigError(
+                "pipeline.stages runs train_autorec before build_autoencoder_inputs, which builds "
+                "its inputs; list build_autoencoder_inputs first"
+            )
+        preflight_train_autorec(cfg, builds_inputs="build_autoencoder_inputs" in before)
 
 
 def run_pipeline(cfg: Config, spark: SparkSession) -> dict:
@@ -73,7 +89,15 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
             f"{t['median_seconds_per_iteration']:.2f} s/iteration, fit {t['fit_seconds']:.1f} s; "
             f"train RMSE {train['train_rmse']:.4f}"
         )
-    if "train_als" in results or "evaluate" in results:
+    autorec = results.get("train_autorec")
+    if autorec:
+        t = autorec["timings"]
+        lines.append(
+            f"  AutoRec  {autorec['model']}: kept iteration {autorec['best_iteration']} of "
+            f"{autorec['iterations']}, {t['median_seconds_per_iteration']:.2f} s/iteration, "
+            f"fit {t['fit_seconds']:.1f} s"
+        )
+    if "train_als" in results or "evaluate" in results or autorec:
         from mfspark.evaluation import BASE_SEGMENTS, activity_segments, format_summary
 
         order = [
