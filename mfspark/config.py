@@ -229,7 +229,7 @@ class AutoRecConfig:
         ),
     )
     l2: float = field(
-        default=100.0,
+        default=300.0,
         metadata=_doc(
             "λ of the weight penalty (λ/2)(‖E‖² + ‖D‖²), against a sum (not mean) of squared "
             "errors over the observed train cells.",

@@ -48,7 +48,7 @@ class AutoRecParams:
     orientation: str = "by_item"
     hidden: int = 500
     activation: str = "sigmoid"
-    l2: float = 100.0
+    l2: float = 300.0
     input_dropout: float = 0.0
     optimizer: str = "lbfgs"
     lbfgs_history: int = 5
