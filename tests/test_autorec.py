@@ -204,17 +204,19 @@ def rows_table(train: pd.DataFrame, test: pd.DataFrame, orientation="by_item"):
     )
 
 
-def test_planted_low_rank_beats_global_mean():
+@pytest.mark.parametrize("optimizer, patience", [("lbfgs", 15), ("rprop", 40)])
+def test_planted_low_rank_beats_global_mean(optimizer, patience):
     train, test = planted_ratings()
     params = AutoRecParams(
         hidden=20,
         l2=1.0,
         epochs=150,
         validation_fraction=0.1,
-        patience=15,
+        patience=patience,  # Rprop's validation error first rises while it leaves the mean
         init_std=0.05,
         dtype=np.float64,
         clip=(1.0, 5.0),
+        optimizer=optimizer,
     )
     blocks = blocks_from_table(rows_table(train, test), "by_item", N_USERS, params)
     result = fit(
