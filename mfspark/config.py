@@ -411,6 +411,101 @@ class AutoencoderConfig:
     )
 
 
+AUTOREC_ORIENTATIONS = ("by_item", "by_user")
+AUTOREC_ACTIVATIONS = ("sigmoid", "tanh", "relu")
+AUTOREC_OPTIMIZERS = ("lbfgs", "rprop")
+PRECISIONS = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class AutoRecConfig:
+    orientation: str = field(
+        default="by_item",
+        metadata=_doc(
+            "`by_item`: I-AutoRec, one row per item over all users (model `autorec`); "
+            "`by_user`: U-AutoRec, one row per user over all items (model `autorec_user`).",
+            choices=AUTOREC_ORIENTATIONS,
+        ),
+    )
+    hidden: int = field(default=500, metadata=_doc("Hidden units h.", min=1))
+    activation: str = field(
+        default="sigmoid",
+        metadata=_doc(
+            "Hidden activation g (the output layer is the identity).", choices=AUTOREC_ACTIVATIONS
+        ),
+    )
+    l2: float = field(
+        default=300.0,
+        metadata=_doc(
+            "λ of the weight penalty (λ/2)(‖E‖² + ‖D‖²), against a sum (not mean) of squared "
+            "errors over the observed train cells.",
+            min=0.0,
+        ),
+    )
+    input_dropout: float = field(
+        default=0.0,
+        metadata=_doc(
+            "Share of input cells zeroed each iteration (kept ones scaled by 1/(1-p)); 0 = plain "
+            "AutoRec, > 0 = denoising. Must be in [0, 1).",
+            min=0.0,
+        ),
+    )
+    optimizer: str = field(
+        default="lbfgs",
+        metadata=_doc("Full-batch optimiser: `lbfgs` or `rprop` (iRprop-).", choices=AUTOREC_OPTIMIZERS),
+    )
+    lbfgs_history: int = field(
+        default=5, metadata=_doc("Curvature pairs L-BFGS keeps (driver memory: 2 |θ| each).", min=1)
+    )
+    rprop_initial_step: float = field(
+        default=1e-3, metadata=_doc("Rprop's initial per-weight step.", min=0.0)
+    )
+    epochs: int = field(
+        default=200,
+        metadata=_doc("Most iterations (each a full pass over the rows; L-BFGS may take a few).", min=1),
+    )
+    tol: float = field(
+        default=1e-6,
+        metadata=_doc("Stop when the relative change of the objective J is below this.", min=0.0),
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata=_doc(
+            "Share of the train cells held back (keyed by seed, row and column) to choose the "
+            "iteration to keep; 0 disables early stopping (the last iteration is kept).",
+            min=0.0,
+            max=0.5,
+        ),
+    )
+    patience: int = field(
+        default=20,
+        metadata=_doc("Stop when the validation RMSE has not improved for this many iterations.", min=1),
+    )
+    seed: int = field(
+        default=42, metadata=_doc("Seed of the initial weights, the validation cells and dropout.")
+    )
+    init_std: float = field(default=0.03, metadata=_doc("Sd of the initial weights.", min=0.0))
+    precision: str = field(
+        default="float32",
+        metadata=_doc(
+            "Weights, gradients and optimiser state: `float32` (half the memory) or `float64`.",
+            choices=PRECISIONS,
+        ),
+    )
+    num_partitions: int = field(
+        default=0,
+        metadata=_doc("Partitions of the cached row blocks; 0 = Spark's default parallelism.", min=0),
+    )
+    block_cells: int = field(
+        default=1_000_000,
+        metadata=_doc("Train cells per row block (bounds a task's working arrays).", min=1),
+    )
+    clip_predictions: bool = field(
+        default=True,
+        metadata=_doc("Clip predictions to the range of the training ratings."),
+    )
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     predictions_path: str = field(
@@ -594,6 +689,7 @@ class Config:
     residual: ResidualConfig = field(default_factory=ResidualConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    autorec: AutoRecConfig = field(default_factory=AutoRecConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
@@ -629,6 +725,7 @@ _SECTION_TYPES = {
     "residual": ResidualConfig,
     "blend": BlendConfig,
     "autoencoder": AutoencoderConfig,
+    "autorec": AutoRecConfig,
     "evaluate": EvaluateConfig,
     "recommend": RecommendConfig,
     "benchmark": BenchmarkConfig,
@@ -790,6 +887,10 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             f"recommend.k ({rc.k}) is larger than the {n_candidates} distinct "
             "recommend.candidate_items; lower recommend.k or list more items"
+        )
+    if not 0 <= cfg.autorec.input_dropout < 1:
+        raise ConfigError(
+            f"config key autorec.input_dropout must be in [0, 1), got {cfg.autorec.input_dropout}"
         )
     if cfg.split.method in ("random", "user", "time") and not 0 < cfg.split.test_fraction < 1:
         raise ConfigError(

@@ -71,6 +71,15 @@ class HadoopFS:
         p = self._jvm.org.apache.hadoop.fs.Path(path)
         return p, p.getFileSystem(self._conf)
 
+    def _text_path(self, path: str):
+        """Like :meth:`_path`, but without Hadoop's ``.crc`` side files on a checksummed file
+        system (the local one): small text files (the manifest, journals, markers) are also
+        read and written by people and other tools, and a stale ``.crc`` would make Hadoop
+        refuse a file edited outside it."""
+        p, fs = self._path(path)
+        checksummed = self._jvm.java.lang.Class.forName("org.apache.hadoop.fs.ChecksumFileSystem")
+        return p, (fs.getRawFileSystem() if checksummed.isInstance(fs) else fs)
+
     def exists(self, path: str) -> bool:
         p, fs = self._path(path)
         return bool(fs.exists(p))
@@ -110,7 +119,7 @@ class HadoopFS:
 
     def create_text(self, path: str, text: str) -> None:
         """Write a file in one go (overwriting): for a new name or a staging file."""
-        p, fs = self._path(path)
+        p, fs = self._text_path(path)
         out = fs.create(p, True)
         try:
             out.write(bytearray(text.encode("utf-8")))
@@ -130,7 +139,7 @@ class HadoopFS:
         self.rename(nxt, path)
 
     def read_text(self, path: str, fallback: bool = True) -> str | None:
-        p, fs = self._path(path)
+        p, fs = self._text_path(path)
         if not fs.exists(p):
             nxt = f"{path}.next"
             return self.read_text(nxt, fallback=False) if fallback and self.exists(nxt) else None

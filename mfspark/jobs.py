@@ -53,6 +53,19 @@ JOBS: tuple[Job, ...] = (
         "(with prediction_sd), metrics/.",
     ),
     Job(
+        "build_autoencoder_inputs",
+        "mfspark.autoencoder:run_build_autoencoder_inputs",
+        "Build autoencoder inputs: ae_inputs/by_item, ae_inputs/by_user and ae_inputs/metadata.",
+    ),
+    Job(
+        "train_autorec",
+        "mfspark.models.autorec.job:run_train_autorec",
+        "AutoRec (item- or user-based, optionally denoising) on the autoencoder inputs; write "
+        "models/autorec[_user]/, predictions/model=autorec[_user]/, metrics/.",
+        preflight="mfspark.models.autorec.job:preflight_train_autorec",
+        stage=OPTIONAL_STAGE,
+    ),
+    Job(
         "train_svd",
         "mfspark.models.svd.job:run_train_svd",
         "Truncated SVD of the bias-removed ratings on the rating blocks; write models/svd/ "
@@ -78,11 +91,6 @@ JOBS: tuple[Job, ...] = (
         "mfspark.evaluation:run_evaluate",
         "Score predictions (or autoencoder reconstructions) on the held-out ratings; "
         "write metrics/summary.",
-    ),
-    Job(
-        "build_autoencoder_inputs",
-        "mfspark.autoencoder:run_build_autoencoder_inputs",
-        "Build autoencoder inputs: ae_inputs/by_item, ae_inputs/by_user and ae_inputs/metadata.",
     ),
     Job(
         "recommend",

@@ -1,9 +1,10 @@
 """The ``pipeline`` job: every stage in order, one Spark session, a short summary at the end.
 
-Stages (``pipeline.stages``; by default prepare → train_als → train_bpmf → evaluate →
-build_autoencoder_inputs → recommend) are the jobs of :data:`mfspark.jobs.JOBS` marked as
-stages, and each stage is the same function its own job runs, so ``pipeline`` and the separate jobs give
-identical outputs. Models report through :mod:`mfspark.models.registry`: a new model adds no
+Stages (``pipeline.stages``; by default prepare → train_als → train_bpmf →
+build_autoencoder_inputs → evaluate → recommend) are the jobs of :data:`mfspark.jobs.JOBS` marked as
+stages (``train_autorec`` may be added after ``build_autoencoder_inputs``), and each stage is
+the same function its own job runs, so ``pipeline`` and the separate jobs give identical
+outputs. Models report through :mod:`mfspark.models.registry`: a new model adds no
 code here.
 """
 
@@ -18,7 +19,6 @@ from mfspark import columns as C
 from mfspark import jobs
 from mfspark.config import Config
 from mfspark.io import join
-from mfspark.models.registry import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,11 @@ def stage_function(name: str):
 
 def preflight_pipeline(cfg: Config) -> None:
     """Checks that need no Spark (a missing input path fails before the JVM starts)."""
-    for name in cfg.pipeline.stages:
+    stages = list(cfg.pipeline.stages)
+    for i, name in enumerate(stages):
         check = jobs.preflight_function(name)
         if check is not None:
-            check(cfg)
+            check(cfg, earlier_stages=tuple(stages[:i]))
 
 
 def run_pipeline(cfg: Config, spark: SparkSession) -> dict:
@@ -61,9 +62,9 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
             f"(cold user {c['test_cold_user']:,}, cold item {c['test_cold_item']:,}); "
             f"rejected {c['rejected']:,}"
         )
-    trained = [spec for spec in MODELS.values() if results.get(spec.stage)]
-    for spec in trained:
-        lines.append(f"  {spec.name:<8} {results[spec.stage]['summary']}")
+    trained = [e for e in results.values() if isinstance(e, dict) and "summary" in e and "model" in e]
+    for entry in trained:
+        lines.append(f"  {entry['model']:<8} {entry['summary']}")
     if trained or "evaluate" in results:
         from mfspark.evaluation import BASE_SEGMENTS, activity_segments, format_summary
 

@@ -161,7 +161,7 @@ def _check_config(cfg: Config, fmt: str) -> None:
             )
 
 
-def preflight_prepare(cfg: Config) -> None:
+def preflight_prepare(cfg: Config, earlier_stages: tuple = ()) -> None:
     """Checks that need no Spark, run before the session starts (a bad path fails in a second).
 
     Local inputs are checked on the local file system; paths on a cluster file system (or any

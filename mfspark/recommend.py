@@ -395,7 +395,7 @@ def format_ranking(rows: list[dict]) -> str:
 
 
 # -- the stage ----------------------------------------------------------------------------------
-def preflight_recommend(cfg: Config) -> None:
+def preflight_recommend(cfg: Config, earlier_stages: tuple = ()) -> None:
     """Checks that need no Spark: a local users file that does not exist."""
     path = cfg.recommend.users_path
     if path and "://" not in path and not os.path.exists(path):

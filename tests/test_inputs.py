@@ -141,7 +141,9 @@ def test_spark_parquet_output_directory(spark, tmp_path):
     )
     frame = pd.concat([good, planted], ignore_index=True).astype(good.dtypes.to_dict())
     parts = str(tmp_path / "ratings_pq")
-    spark.createDataFrame(frame).repartition(3).write.parquet(parts)
+    # from rows, not from pandas: Arrow's pandas conversion would turn the NaN into a null
+    rows = [tuple(r) for r in frame.astype(object).itertuples(index=False)]
+    spark.createDataFrame(rows, list(frame.columns)).repartition(3).write.parquet(parts)
     assert "_SUCCESS" in os.listdir(parts)
     entry, both, rejected = _prepared(spark, str(tmp_path / "out"), f"data.path={parts}")
     assert entry["format"] == "parquet"

