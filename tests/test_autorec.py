@@ -250,17 +250,14 @@ def test_planted_low_rank_beats_global_mean(optimizer, patience):
 @pytest.fixture(scope="module")
 def ae_out(spark, tmp_path_factory):
     """prepared/* of the planted data and ae_inputs built by the real stage."""
-    from prepared_data import prepared_frames
+    from prepared_data import prepared_frames, write_prepared
 
     from mfspark.autoencoder import run_build_autoencoder_inputs
 
     out = str(tmp_path_factory.mktemp("autorec"))
     train, test = planted_ratings()
     frames = prepared_frames(spark, train, test, N_USERS, N_ITEMS, 100, 7000)
-    for frame, path in zip(
-        frames, (C.PREPARED_TRAIN, C.PREPARED_TEST, C.PREPARED_USERS, C.PREPARED_ITEMS), strict=True
-    ):
-        frame.write.parquet(f"{out}/{path}")
+    write_prepared(spark, out, frames)
     run_build_autoencoder_inputs(load_config(None, [f"output.path={out}", "data.rating_min=0.5"]), spark)
     return out, train, test
 

@@ -12,7 +12,7 @@ from mfspark import columns as C
 from mfspark.config import load_config
 from mfspark.errors import ConfigError
 from mfspark.models.blend.ridge import RidgeStats
-from tests.prepared_data import prepared_frames
+from tests.prepared_data import prepared_frames, write_prepared
 
 
 def test_ridge_from_statistics_equals_direct_solution():
@@ -58,8 +58,7 @@ def prepared_out(spark, tmp_path_factory):
     frame = pd.DataFrame({C.USER_IDX: u, C.ITEM_IDX: i, C.RATING: r})
     frames = prepared_frames(spark, frame[~is_test], frame[is_test], n_users, n_items, 100, 200)
     out = str(tmp_path_factory.mktemp("blend") / "out")
-    for df, name in zip(frames, ("train", "test", "users", "items"), strict=True):
-        df.write.parquet(f"{out}/prepared/{name}")
+    write_prepared(spark, out, frames)
     return out, frames
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from prepared_data import prepared_frames
+from prepared_data import prepared_frames, write_prepared
 
 from mfspark import columns as C
 from mfspark.config import load_config
@@ -75,12 +75,7 @@ def test_train_bpmf_stage_writes_model_predictions_with_sd_and_metrics(spark, ra
 
     train, test, n_users, n_items = ratings
     out = str(tmp_path / "out")
-    for df, name in zip(
-        prepared_frames(spark, train, test, n_users, n_items, 1000, 5000),
-        (C.PREPARED_TRAIN, C.PREPARED_TEST, C.PREPARED_USERS, C.PREPARED_ITEMS),
-        strict=True,
-    ):
-        df.write.parquet(f"{out}/{name}")
+    write_prepared(spark, out, prepared_frames(spark, train, test, n_users, n_items, 1000, 5000))
     cfg = load_config(
         None,
         [

@@ -13,7 +13,7 @@ from mfspark import columns as C
 from mfspark.config import load_config
 from mfspark.errors import ConfigError
 from mfspark.topk import seen_csr, top_k
-from tests.prepared_data import prepared_frames
+from tests.prepared_data import prepared_frames, write_prepared
 
 N_USERS, N_ITEMS, USER_ID0, ITEM_ID0 = 70, 90, 1000, 5000
 
@@ -108,10 +108,7 @@ def trained_output(spark, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("recommend") / "out")
     train_pd, test_pd = _planted()
     frames = prepared_frames(spark, train_pd, test_pd, N_USERS, N_ITEMS, USER_ID0, ITEM_ID0)
-    for df, name in zip(
-        frames, (C.PREPARED_TRAIN, C.PREPARED_TEST, C.PREPARED_USERS, C.PREPARED_ITEMS), strict=True
-    ):
-        df.write.parquet(f"{out}/{name}")
+    write_prepared(spark, out, frames)
     cfg = _cfg(out, ["als.rank=3", "als.max_iter=5", "als.num_user_blocks=7", "als.num_item_blocks=5"])
     train, test, users, items = (
         spark.read.parquet(f"{out}/{n}")

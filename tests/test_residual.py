@@ -24,7 +24,7 @@ from mfspark.models.residual.train import (
     fold_of,
     is_validation,
 )
-from tests.prepared_data import prepared_frames
+from tests.prepared_data import prepared_frames, write_prepared
 
 
 def test_network_learns_a_planted_nonlinear_function():
@@ -134,8 +134,7 @@ def test_train_residual_stage_outputs(spark, tmp_path):
     frame = pd.DataFrame({C.USER_IDX: u, C.ITEM_IDX: i, C.RATING: r})
     frames = prepared_frames(spark, frame[~is_test], frame[is_test], n_users, n_items, 10, 20)
     out = str(tmp_path / "out")
-    for df, name in zip(frames, ("train", "test", "users", "items"), strict=True):
-        df.write.parquet(f"{out}/prepared/{name}")
+    write_prepared(spark, out, frames)
     cfg = load_config(
         None,
         [

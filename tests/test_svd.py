@@ -16,7 +16,7 @@ from mfspark.models.factor_model import FactorModel
 from mfspark.models.svd.kernels import residual_product
 from mfspark.models.svd.spark import SparkOperator
 from mfspark.models.svd.train import LocalOperator, SVDParams, run_svd
-from tests.prepared_data import prepared_frames
+from tests.prepared_data import prepared_frames, write_prepared
 
 N_USERS, N_ITEMS = 200, 150
 # The spectrum of a uniform random matrix is flat (σ_6/σ_5 ≈ 0.99), the hardest case for
@@ -142,8 +142,7 @@ def test_train_svd_stage_outputs(spark, tmp_path):
     frame = pd.DataFrame({C.USER_IDX: u, C.ITEM_IDX: i, C.RATING: r})
     frames = prepared_frames(spark, frame[~is_test], frame[is_test], n_users, n_items, 1000, 5000)
     out = str(tmp_path / "out")
-    for df, name in zip(frames, ("train", "test", "users", "items"), strict=True):
-        df.write.parquet(f"{out}/prepared/{name}")
+    write_prepared(spark, out, frames)
     overrides = [f"output.path={out}", "svd.rank=2", "svd.power_iterations=3", "svd.num_user_blocks=2"]
     cfg = load_config(None, overrides)
     entry = run_train_svd(cfg, spark)
