@@ -164,9 +164,10 @@ def installed(tmp_path_factory) -> Installed:
     return Installed(wheel, venv, venv / "bin" / "python", tmp, env)
 
 
-def read_predictions(out: Path) -> dict[str, np.ndarray]:
-    """``<out>/predictions`` read whole (one dataset, or one partition per model), sorted."""
-    table = pq.read_table(out / "predictions")
+def read_predictions(out: Path, model: str = "als") -> dict[str, np.ndarray]:
+    """One model's test predictions (``<out>/predictions/model=<model>``), sorted: ALS is what
+    every run here trains (the full pipeline trains more models, the local reference not)."""
+    table = pq.read_table(out / "predictions" / f"model={model}")
     frame = table.to_pandas().sort_values(["user_id", "item_id"], kind="stable")
     return {c: frame[c].to_numpy() for c in ("user_id", "item_id", "rating", "prediction")}
 
