@@ -102,6 +102,13 @@ class DataConfig:
         default="timestamp",
         metadata=_doc("Timestamp column (`csv`, `parquet`); empty when there is none."),
     )
+    items_path: str = field(
+        default="",
+        metadata=_doc(
+            "Optional item metadata file for item titles in the report: MovieLens `u.item`, "
+            "`movies.dat` or `movies.csv` (recognised from the name)."
+        ),
+    )
     id_type: str = field(
         default="auto",
         metadata=_doc(
@@ -295,7 +302,7 @@ class BenchmarkConfig:
     )
 
 
-PIPELINE_STAGES = ("prepare", "train_als", "evaluate", "build_autoencoder_inputs")
+PIPELINE_STAGES = ("prepare", "train_als", "evaluate", "build_autoencoder_inputs", "report")
 
 
 @dataclass(frozen=True)

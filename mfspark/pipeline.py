@@ -1,6 +1,6 @@
 """``jobs/pipeline.py``: every stage in order, one Spark session, a short summary at the end.
 
-Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs.
+Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs → report.
 Each stage is the same function its own job runs, so ``pipeline`` and the separate jobs
 give identical outputs.
 """
@@ -24,6 +24,7 @@ STAGE_FUNCTIONS = {
     "train_als": ("mfspark.models.als.job", "run_train_als"),
     "evaluate": ("mfspark.evaluation", "run_evaluate"),
     "build_autoencoder_inputs": ("mfspark.autoencoder", "run_build_autoencoder_inputs"),
+    "report": ("mfspark.report", "run_report"),
 }
 
 
@@ -38,6 +39,10 @@ def preflight_pipeline(cfg: Config) -> None:
         from mfspark.prepare import preflight_prepare
 
         preflight_prepare(cfg)
+    if "report" in cfg.pipeline.stages:
+        from mfspark.report import preflight_report
+
+        preflight_report(cfg)
 
 
 def run_pipeline(cfg: Config, spark: SparkSession) -> dict:
@@ -89,4 +94,7 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
     if ae:
         built = ", ".join(cfg.autoencoder.orientations)
         lines.append(f"  AE       inputs under {join(out, 'ae_inputs')}/ ({built})")
+    report = results.get("report")
+    if report:
+        lines.append(f"  report   {report['html']} (and {report['markdown']})")
     return "\n".join(lines)
