@@ -167,7 +167,7 @@ def _write_extras(spark, out: str, items_file: str) -> dict:
             "iteration": np.arange(1, 6, dtype=np.int32),
             "train_rmse": [1.2, 1.0, 0.9, 0.85, 0.84],
             "test_rmse": [1.3, 1.1, 1.0, 0.97, 0.96],
-            "objective": None,
+            "objective": np.nan,
             "seconds": 0.5,
         }
     )

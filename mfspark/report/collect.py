@@ -113,38 +113,45 @@ def nominal_coverage(z: float) -> float:
     return math.erf(z / math.sqrt(2.0))
 
 
-def activity(entities: DataFrame, side: str) -> Activity:
-    """Exact counts of entities per train-rating level (``prepared/users`` or ``prepared/items``)."""
-    rows = entities.groupBy(C.N_TRAIN).count().collect()
-    levels = sorted((int(r[C.N_TRAIN]), int(r["count"])) for r in rows)
-    zero = sum(c for lv, c in levels if lv <= 0)
-    return Activity(side, [(lv, c) for lv, c in levels if lv > 0], zero)
+def activities(users: DataFrame, items: DataFrame) -> tuple[Activity, Activity]:
+    """Exact counts of users and of items per train-rating level (one aggregation for both)."""
+    side, n = "_side", C.N_TRAIN
+    both = users.select(F.lit("users").alias(side), n).unionByName(
+        items.select(F.lit("items").alias(side), n)
+    )
+    rows = both.groupBy(side, n).count().collect()
+    out = []
+    for name in ("users", "items"):
+        levels = sorted((int(r[n]), int(r["count"])) for r in rows if r[side] == name)
+        zero = sum(c for lv, c in levels if lv <= 0)
+        out.append(Activity(name, [(lv, c) for lv, c in levels if lv > 0], zero))
+    return out[0], out[1]
 
 
-def rating_histogram(train: DataFrame, test: DataFrame) -> list[tuple[float, float, int, int]]:
-    """Ratings counted per value (train and test apart); equal-width bins for continuous ratings."""
-    both = train.select(C.RATING, F.lit(False).alias("_test")).unionByName(
-        test.select(C.RATING, F.lit(True).alias("_test"))
-    )
-    counted = both.groupBy(C.RATING).agg(
-        F.count_if(~F.col("_test")).alias("train"), F.count_if(F.col("_test")).alias("test")
-    )
-    rows = counted.limit(MAX_RATING_VALUES + 1).collect()
-    if len(rows) <= MAX_RATING_VALUES:
+def rating_histogram(
+    ratings: DataFrame, lo: float, hi: float, n_values: int
+) -> list[tuple[float, float, int, int]]:
+    """Ratings counted per value, train and test apart (one aggregation).
+
+    ``ratings`` has ``rating`` and a boolean ``_test``; ``n_values`` is an (approximate) count
+    of distinct ratings: up to :data:`MAX_RATING_VALUES` each value is its own bar, beyond
+    (continuous ratings) :data:`RATING_BINS` equal-width bins between ``lo`` and ``hi``.
+    """
+    counts = [F.count_if(~F.col("_test")).alias("train"), F.count_if(F.col("_test")).alias("test")]
+    if n_values <= MAX_RATING_VALUES:
+        rows = ratings.groupBy(C.RATING).agg(*counts).collect()
         return sorted((float(r[C.RATING]),) * 2 + (int(r["train"]), int(r["test"])) for r in rows)
-    lo, hi = (float(v) for v in counted.agg(F.min(C.RATING), F.max(C.RATING)).first())
     width = (hi - lo) / RATING_BINS or 1.0
     b = F.least(F.floor((F.col(C.RATING) - lo) / width).cast("int"), F.lit(RATING_BINS - 1))
-    binned = (
-        counted.groupBy(b.alias("_bin"))
-        .agg(F.sum("train").alias("train"), F.sum("test").alias("test"))
-        .collect()
-    )
-    got = {int(r["_bin"]): (int(r["train"]), int(r["test"])) for r in binned}
+    got = {
+        int(r["_bin"]): (int(r["train"]), int(r["test"]))
+        for r in ratings.groupBy(b.alias("_bin")).agg(*counts).collect()
+    }
     return [(lo + k * width, lo + (k + 1) * width, *got.get(k, (0, 0))) for k in range(RATING_BINS)]
 
 
 def data_facts(spark: SparkSession, out: str) -> DataFacts | None:
+    """Counts, rejections, rating histogram and activity levels of ``prepared/*`` (four jobs)."""
     fs = HadoopFS(spark)
     train = _read(spark, fs, join(out, C.PREPARED_TRAIN))
     test = _read(spark, fs, join(out, C.PREPARED_TEST))
@@ -158,21 +165,39 @@ def data_facts(spark: SparkSession, out: str) -> DataFacts | None:
         counts = {r[C.REASON]: int(r["count"]) for r in rejected_df.groupBy(C.REASON).count().collect()}
         order = {reason: i for i, reason in enumerate(C.REJECTION_REASONS)}
         rejected = sorted(counts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
-    cold = test.agg(
-        F.count(F.lit(1)).alias("n"),
-        F.count_if(F.col(C.COLD_USER)).alias("cu"),
-        F.count_if(F.col(C.COLD_ITEM)).alias("ci"),
+    no = F.lit(False)
+    ratings = train.select(C.RATING, no.alias("_test"), no.alias("_cu"), no.alias("_ci")).unionByName(
+        test.select(
+            C.RATING,
+            F.lit(True).alias("_test"),
+            F.col(C.COLD_USER).alias("_cu"),
+            F.col(C.COLD_ITEM).alias("_ci"),
+        )
+    )
+    t = ratings.agg(
+        F.count_if(~F.col("_test")).alias("train"),
+        F.count_if(F.col("_test")).alias("test"),
+        F.count_if(F.col("_cu")).alias("cu"),
+        F.count_if(F.col("_ci")).alias("ci"),
+        F.min(C.RATING).alias("lo"),
+        F.max(C.RATING).alias("hi"),
+        F.approx_count_distinct(C.RATING, 0.05).alias("values"),
     ).first()
-    user_act, item_act = activity(users, "users"), activity(items, "items")
+    user_act, item_act = activities(users, items)
+    hist = (
+        rating_histogram(ratings, float(t["lo"]), float(t["hi"]), int(t["values"]))
+        if t["lo"] is not None
+        else []
+    )
     return DataFacts(
-        n_train=train.count(),
-        n_test=int(cold["n"]),
+        n_train=int(t["train"]),
+        n_test=int(t["test"]),
         n_users=user_act.n_active + user_act.n_zero,
         n_items=item_act.n_active + item_act.n_zero,
-        test_cold_user=int(cold["cu"]),
-        test_cold_item=int(cold["ci"]),
+        test_cold_user=int(t["cu"]),
+        test_cold_item=int(t["ci"]),
         rejected=rejected,
-        rating_hist=rating_histogram(train, test),
+        rating_hist=hist,
         users=user_act,
         items=item_act,
     )
@@ -217,7 +242,11 @@ def calibration(spark: SparkSession, model: str, path: str) -> Calibration | Non
     p, sd, r = F.col(C.PREDICTION), F.col(PREDICTION_SD), F.col(C.RATING)
     usable = p.isNotNull() & ~F.isnan(p) & sd.isNotNull() & ~F.isnan(sd) & (sd > 0) & (sd < float("inf"))
     err = F.abs(r - p)
-    aggs = [F.count(F.lit(1)).alias("total"), F.count_if(usable).alias("n"), F.avg(F.when(usable, sd))]
+    aggs = [
+        F.count(F.lit(1)).alias("total"),
+        F.count_if(usable).alias("n"),
+        F.avg(F.when(usable, sd)).alias("mean_sd"),
+    ]
     aggs += [F.count_if(usable & (err <= z * sd)).alias(f"z{i}") for i, z in enumerate(CALIBRATION_Z)]
     row = df.agg(*aggs).first()
     n = int(row["n"])
@@ -225,7 +254,7 @@ def calibration(spark: SparkSession, model: str, path: str) -> Calibration | Non
         (z, nominal_coverage(z), int(row[f"z{i}"]) / n if n else float("nan"))
         for i, z in enumerate(CALIBRATION_Z)
     ]
-    return Calibration(model, n, int(row["total"]), row[2], cov)
+    return Calibration(model, n, int(row["total"]), row["mean_sd"], cov)
 
 
 def recommendations(

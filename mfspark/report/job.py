@@ -127,7 +127,7 @@ class Builder:
             "evaluate": self.summary is not None,
             "build_autoencoder_inputs": self.fs.exists(join(out, "ae_inputs")),
             "recommend": self.ranking is not None
-            or bool(collect.partitions(spark, out, "recommendations")),
+            or bool(collect.partitions(spark, out, collect.RECOMMENDATIONS)),
             "benchmark": self.benchmark is not None,
         }
         with_metrics = {r["model"] for r in (self.history or []) + (self.summary or [])}
@@ -216,8 +216,9 @@ class Builder:
         )
         s.blocks += self.figure(
             "fig-activity",
-            "How many train ratings each user gives and each item receives (log–log; dashed: median). "
-            "A long tail to the right means a few heavy users / blockbuster items.",
+            "How many train ratings each user gives and each item receives, log–log: the height is "
+            "the number of users (items) with a given count, averaged over log-spaced bins; dashed: "
+            "median. A long tail to the right means a few heavy users / blockbuster items.",
             plots.activity,
             facts.users,
             facts.items,
@@ -654,16 +655,22 @@ class Builder:
     # -- all --------------------------------------------------------------------------------
 
     def sections(self) -> list[Section]:
-        out = [self.data_section(), self.training_section(), self.evaluation_section()]
-        calib = self.calibration_section()
-        if calib is not None:
-            out.append(calib)
-        out += [
-            self.ranking_section(),
-            self.recommendations_section(),
-            self.benchmark_section(),
-            self.run_section(),
-        ]
+        out = []
+        for build in (
+            self.data_section,
+            self.training_section,
+            self.evaluation_section,
+            self.calibration_section,
+            self.ranking_section,
+            self.recommendations_section,
+            self.benchmark_section,
+            self.run_section,
+        ):
+            t = time.time()
+            section = build()
+            log.info("report: %s in %.1f s", build.__name__, time.time() - t)
+            if section is not None:
+                out.append(section)
         if not self.with_plots:
             out[0].blocks.insert(
                 0,
@@ -751,7 +758,9 @@ def build_report(
     spark: SparkSession, cfg: Config, out: str, with_plots: bool
 ) -> tuple[str, str, list[Section]]:
     """(index.html text, summary.md text, sections) of the output directory ``out``."""
+    t = time.time()
     b = Builder(spark, cfg, out, with_plots)
+    log.info("report: metric tables read in %.1f s", time.time() - t)
     sections = b.sections()
     meta, glance = b.header()
     title = "mfspark run report"

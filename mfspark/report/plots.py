@@ -134,11 +134,14 @@ def _activity(sides):
             counts = np.array([c for _, c in act.levels])
             edges = log_bins(int(levels.max()))
             binned, _ = np.histogram(levels, bins=edges, weights=counts)
+            # Bins hold different numbers of integer levels: show the mean per level, so the
+            # height does not grow with the bin's width (a power law stays a straight line).
+            per_level = binned / np.diff(edges)
             color = TRAIN_COLOR if noun == "users" else TEST_COLOR
-            ax.stairs(binned, edges, fill=True, color=color, alpha=0.85)
+            ax.stairs(per_level, edges, fill=True, color=color, alpha=0.85)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_ylim(bottom=0.7)
+            ax.set_ylim(bottom=0.5 * per_level[per_level > 0].min())
             median = act.quantile(0.5)
             ax.axvline(
                 median, color="#333333", linestyle="--", linewidth=1.2, label=f"median {median:,}"
@@ -149,7 +152,7 @@ def _activity(sides):
         what = "User activity" if noun == "users" else "Item popularity"
         ax.set_title(f"{what} ({act.n_active:,} {noun})")
         ax.set_xlabel(f"train ratings per {noun[:-1]} (log scale)")
-        ax.set_ylabel(f"number of {noun} per bin (log scale)")
+        ax.set_ylabel(f"{noun} per rating count (log scale)")
     return fig
 
 
