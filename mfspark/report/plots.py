@@ -218,13 +218,19 @@ def segments(summary, segment_order, n_by_segment, colors) -> str:
 def _calibration(calibs, colors: dict):
     fig, (ax,) = _figure(6.2, 5.2)
     ax.plot([0, 1], [0, 1], color="#888888", linestyle="--", linewidth=1, label="perfect calibration")
-    for c in calibs:
+    for k, c in enumerate(calibs):
         xs = [nom for _, nom, _ in c.coverage]
         ys = [obs for _, _, obs in c.coverage]
         ax.plot(xs, ys, marker="o", color=colors.get(c.model, "#333333"), label=c.model)
+        if k:
+            continue  # the z labels once: every model has its points at the same nominal values
+        last = -1.0
         for z, nom, obs in c.coverage:
+            if nom - last < 0.06:  # near 100% the points crowd: label only those apart
+                continue
+            last = nom
             ax.annotate(
-                f"±{z:g}σ", (nom, obs), textcoords="offset points", xytext=(6, -11), fontsize=8.5
+                f"±{z:g} sd", (nom, obs), textcoords="offset points", xytext=(6, -12), fontsize=8.5
             )
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
@@ -256,7 +262,10 @@ def _ranking(rows: Sequence[dict], colors: dict):
         ax.set_title(metric)
         ax.set_xlabel("k (list length)")
         ax.set_ylabel(f"{metric}@k")
-        ax.legend(loc="best", fontsize=9)
+        ks = sorted({r["k"] for r in rows if r["metric"] == metric})
+        ax.set_xticks(ks, [str(k) for k in ks])
+        if ax is axes[0]:
+            ax.legend(loc="best", fontsize=9)
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     return fig
@@ -301,7 +310,7 @@ def _benchmark(rows: Sequence[dict]):
         if values:
             axes[1].axhline(values[0], color="#333333", linestyle=style, linewidth=1.2, label=name)
     if axes[1].get_legend_handles_labels()[0]:
-        axes[1].legend(loc="lower right")
+        axes[1].legend(loc="upper right")
     return fig
 
 
