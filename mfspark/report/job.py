@@ -704,7 +704,8 @@ class Builder:
             best = min(overall, key=lambda r: r["rmse"])
             glance.append((fmt_float(best["rmse"]), f"best test RMSE ({best['model']})"))
         if self.models:
-            glance.append((str(len(self.models)), "models: " + ", ".join(self.models)))
+            noun = "model" if len(self.models) == 1 else "models"
+            glance.append((str(len(self.models)), f"{noun}: " + ", ".join(self.models)))
         return meta, glance
 
 
