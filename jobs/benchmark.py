@@ -5,23 +5,14 @@ python jobs/benchmark.py --set als.rank=50
 python jobs/benchmark.py --set data.format=movielens-100k --set data.path=ml-100k/u.data
 """
 
-import os
 import sys
 
-import _bootstrap  # noqa: F401  (makes a source checkout importable)
+try:
+    import _bootstrap  # noqa: F401  (makes a source checkout importable)
+except ModuleNotFoundError:  # shipped alone (spark-submit --deploy-mode cluster): mfspark is installed
+    pass
 
-from mfspark.benchmark import run_benchmark
-from mfspark.cli import job_main
-from mfspark.pipeline import preflight_pipeline
-
-DEFAULT = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "benchmark.toml"
-)
+from mfspark.cli import job_file_main
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if not any(a == "--config" or a.startswith("--config=") for a in argv):
-        argv = ["--config", DEFAULT, *argv]
-    sys.exit(
-        job_main("benchmark", run_benchmark, __doc__.splitlines()[0], argv, preflight=preflight_pipeline)
-    )
+    sys.exit(job_file_main(__file__))  # the job of mfspark.jobs named like this file

@@ -9,10 +9,12 @@ build comes from ``autoencoder.orientations``.
 
 import sys
 
-import _bootstrap  # noqa: F401  (makes a source checkout importable)
+try:
+    import _bootstrap  # noqa: F401  (makes a source checkout importable)
+except ModuleNotFoundError:  # shipped alone (spark-submit --deploy-mode cluster): mfspark is installed
+    pass
 
-from mfspark.autoencoder import run_build_autoencoder_inputs
-from mfspark.cli import job_main
+from mfspark.cli import job_file_main
 
 if __name__ == "__main__":
-    sys.exit(job_main("build_autoencoder_inputs", run_build_autoencoder_inputs, __doc__.splitlines()[0]))
+    sys.exit(job_file_main(__file__))  # the job of mfspark.jobs named like this file

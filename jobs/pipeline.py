@@ -7,10 +7,12 @@ spark-submit jobs/pipeline.py --config cluster.toml
 
 import sys
 
-import _bootstrap  # noqa: F401  (makes a source checkout importable)
+try:
+    import _bootstrap  # noqa: F401  (makes a source checkout importable)
+except ModuleNotFoundError:  # shipped alone (spark-submit --deploy-mode cluster): mfspark is installed
+    pass
 
-from mfspark.cli import job_main
-from mfspark.pipeline import preflight_pipeline, run_pipeline
+from mfspark.cli import job_file_main
 
 if __name__ == "__main__":
-    sys.exit(job_main("pipeline", run_pipeline, __doc__.splitlines()[0], preflight=preflight_pipeline))
+    sys.exit(job_file_main(__file__))  # the job of mfspark.jobs named like this file

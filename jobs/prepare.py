@@ -6,10 +6,12 @@ spark-submit jobs/prepare.py --config cluster.toml
 
 import sys
 
-import _bootstrap  # noqa: F401  (makes a source checkout importable)
+try:
+    import _bootstrap  # noqa: F401  (makes a source checkout importable)
+except ModuleNotFoundError:  # shipped alone (spark-submit --deploy-mode cluster): mfspark is installed
+    pass
 
-from mfspark.cli import job_main
-from mfspark.prepare import preflight_prepare, run_prepare
+from mfspark.cli import job_file_main
 
 if __name__ == "__main__":
-    sys.exit(job_main("prepare", run_prepare, __doc__.splitlines()[0], preflight=preflight_prepare))
+    sys.exit(job_file_main(__file__))  # the job of mfspark.jobs named like this file

@@ -10,10 +10,12 @@ report. Plots need matplotlib (pip install 'mfspark[report]'); without it the re
 
 import sys
 
-import _bootstrap  # noqa: F401  (makes a source checkout importable)
+try:
+    import _bootstrap  # noqa: F401  (makes a source checkout importable)
+except ModuleNotFoundError:  # shipped alone (spark-submit --deploy-mode cluster): mfspark is installed
+    pass
 
-from mfspark.cli import job_main
-from mfspark.report import preflight_report, run_report
+from mfspark.cli import job_file_main
 
 if __name__ == "__main__":
-    sys.exit(job_main("report", run_report, __doc__.splitlines()[0], preflight=preflight_report))
+    sys.exit(job_file_main(__file__))  # the job of mfspark.jobs named like this file

@@ -1,4 +1,4 @@
-"""Train blocked biased ALS on the prepared dataset; write model/, predictions, metrics/.
+"""Train blocked biased ALS on the prepared dataset; write models/als, predictions/model=als, metrics.
 
 python jobs/train_als.py [--config conf/local.toml] [--set als.rank=50 ...]
 spark-submit jobs/train_als.py --config cluster.toml
@@ -6,10 +6,12 @@ spark-submit jobs/train_als.py --config cluster.toml
 
 import sys
 
-import _bootstrap  # noqa: F401  (makes a source checkout importable)
+try:
+    import _bootstrap  # noqa: F401  (makes a source checkout importable)
+except ModuleNotFoundError:  # shipped alone (spark-submit --deploy-mode cluster): mfspark is installed
+    pass
 
-from mfspark.cli import job_main
-from mfspark.models.als.job import run_train_als
+from mfspark.cli import job_file_main
 
 if __name__ == "__main__":
-    sys.exit(job_main("train_als", run_train_als, __doc__.splitlines()[0]))
+    sys.exit(job_file_main(__file__))  # the job of mfspark.jobs named like this file

@@ -8,6 +8,11 @@ All three systems see the same prepared train/test split in the same process:
 * ``mfspark`` — :class:`mfspark.models.als.spark.SparkBlockSolver` (blocked biased ALS).
 * ``numpy`` — the same biased ALS in one Python process (:class:`mfspark.models.als.train.LocalSolver`):
   the one-machine limit of the same arithmetic, with the ratings collected to the driver.
+* ``bpmf`` — Bayesian MF by Gibbs sampling on the same kind of cached blocks
+  (:class:`mfspark.models.bpmf.spark.SparkBlockSampler`) at ``als.rank`` with the ``[bpmf]``
+  settings: ``seconds_per_iteration`` is the median Gibbs sweep (a user and an item pass, as an
+  ALS iteration), ``test_rmse`` that of the average over the kept samples. Its priors are
+  learned, so it is not tuned (``reg`` 0, scaling ``p``: posterior).
 
 Regularisation: with ``benchmark.tune`` each system's value is chosen from a small grid by
 RMSE on a validation split of train (a hash of the indices, ``benchmark.validation_fraction``);
@@ -292,18 +297,15 @@ def fit_mllib(spark, train, test, rank, iterations, reg, seed, global_mean, tag)
     else:
         setup, per_iter = None, [fit_seconds / iterations]
         timing = "fit / iterations (Spark UI timeline unavailable)"
-    return float(rmse), fit_seconds, setup, per_iter, timing
+    return float(rmse), fit_seconds, setup, per_iter, timing, model
 
 
 def fit_mfspark(spark, train, test, n_users, n_items, params, cfg):
     started = time.time()
-    solver = SparkBlockSolver(
+    with SparkBlockSolver(
         spark, train, test, n_users, n_items, params, cfg.als.num_user_blocks, cfg.als.num_item_blocks
-    )
-    try:
+    ) as solver:
         result = run_als(solver, params, "mfspark")
-    finally:
-        solver.close()
     return result, time.time() - started, solver.setup_seconds
 
 
@@ -346,6 +348,117 @@ def tune(grid, score, system: str, key: str) -> tuple[float, dict[float, float]]
     return best, scores
 
 
+def fit_bpmf_system(spark, train, test, n_users, n_items, cfg: Config, clip) -> SystemRun:
+    """Bayesian MF at ``als.rank`` with the ``[bpmf]`` settings on the same split."""
+    from mfspark.models.bpmf.sampler import BPMFParams, run_gibbs
+    from mfspark.models.bpmf.spark import SparkBlockSampler
+
+    params = BPMFParams.from_config(cfg.bpmf, rank=cfg.als.rank, clip=clip, saved_samples=0)
+    started = time.time()
+    with PeakMemory("all") as mem:
+        sampler = SparkBlockSampler(
+            spark,
+            train,
+            test,
+            n_users,
+            n_items,
+            params,
+            cfg.bpmf.num_user_blocks,
+            cfg.bpmf.num_item_blocks,
+        )
+        try:
+            result = run_gibbs(sampler, params, "bpmf")
+        finally:
+            sampler.close()
+    return SystemRun(
+        "bpmf",
+        params.rank,
+        params.samples,
+        sampler.setup_seconds,
+        statistics.median(h.seconds for h in result.history),
+        time.time() - started,
+        mem.peak,
+        result.history[-1].test_rmse,
+        0.0,
+        iteration_timing="median Gibbs sweep",
+        reg_scaling="posterior",
+    )
+
+
+# -- top-K recommendation ------------------------------------------------------------------
+BENCHMARK_RECOMMEND = "benchmark_recommend"
+RECOMMEND_SCHEMA = T.StructType(
+    [
+        T.StructField("system", T.StringType(), False),
+        T.StructField("k", T.IntegerType(), False),
+        T.StructField("exclude_seen", T.BooleanType(), False),
+        T.StructField("n_users", T.LongType(), False),
+        T.StructField("seconds", T.DoubleType(), False),
+    ]
+)
+
+
+@dataclass
+class RecommendRun:
+    system: str
+    k: int
+    exclude_seen: bool
+    n_users: int
+    seconds: float
+
+
+def _timed_write(df: DataFrame) -> float:
+    """Seconds to compute ``df`` completely (written to Spark's no-op sink)."""
+    started = time.time()
+    df.write.format("noop").mode("overwrite").save()
+    return time.time() - started
+
+
+def time_recommend(
+    spark, mllib_model, params, train: DataFrame, k: int, cfg: Config
+) -> list[RecommendRun]:
+    """K lists for every user: MLlib's ``recommendForAllUsers`` on its own model, then
+    mfspark's on its model without and with seen-item exclusion, each computed in full.
+
+    Both outputs are keyed by the dense indices both systems were fitted on (no id mapping on
+    either side), so the timings compare the ranking work itself.
+    """
+    from mfspark.recommend import COL, ROW, factor_scorer, index_frame, rank_frame
+
+    runs = []
+    mllib = mllib_model.recommendForAllUsers(k)
+    seconds = _timed_write(mllib)
+    runs.append(RecommendRun("mllib", k, False, mllib_model.userFactors.count(), seconds))
+    log.info("MLlib recommendForAllUsers(%d): %.1f s", k, seconds)
+    users = np.flatnonzero(np.asarray(params.user_counts) > 0)
+    rows = index_frame(spark, users)
+    seen = train.select(F.col(C.USER_IDX).alias(ROW), F.col(C.ITEM_IDX).alias(COL))
+    for exclude in (False, True):
+        ranked = rank_frame(
+            spark, rows, seen if exclude else None, factor_scorer(params), k, cfg.recommend.num_blocks
+        )
+        try:
+            seconds = _timed_write(ranked.frame)
+        finally:
+            ranked.close()
+        runs.append(RecommendRun("mfspark", k, exclude, len(users), seconds))
+        log.info("mfspark top-%d lists (exclude_seen=%s): %.1f s", k, exclude, seconds)
+    return runs
+
+
+def recommend_text(runs: list[RecommendRun]) -> str:
+    base = next(r for r in runs if r.system == "mllib")
+    lines = ["", f"top-{base.k} lists for every user ({base.n_users:,} users):"]
+    lines.append(f"{'system':<9}{'exclude seen':>14}{'seconds':>10}{'vs MLlib':>10}")
+    for r in runs:
+        lines.append(
+            f"{r.system:<9}{'yes' if r.exclude_seen else 'no':>14}{r.seconds:10.1f}"
+            f"{r.seconds / base.seconds if base.seconds else float('nan'):9.2f}x"
+        )
+    lines.append("MLlib cannot exclude seen items; its lists may contain items the user rated.")
+    return "\n".join(lines)
+
+
 # -- driver --------------------------------------------------------------------------------
 def planted_truth_rmse(spark, out: str, test: DataFrame, clip) -> float | None:
     path = join(out, C.SYNTHETIC_TRUTH)
@@ -353,8 +466,9 @@ def planted_truth_rmse(spark, out: str, test: DataFrame, clip) -> float | None:
         return None
     truth = FactorModel.load(spark, path)
     truth.metadata["clip_min"], truth.metadata["clip_max"] = clip
-    scored = truth.transform(test.select(C.USER_ID, C.ITEM_ID, C.RATING))
-    return float(scored.agg(F.sqrt(F.avg((F.col(C.PREDICTION) - F.col(C.RATING)) ** 2))).first()[0])
+    with truth:  # its prediction broadcast is released once the RMSE is computed
+        scored = truth.transform(test.select(C.USER_ID, C.ITEM_ID, C.RATING))
+        return float(scored.agg(F.sqrt(F.avg((F.col(C.PREDICTION) - F.col(C.RATING)) ** 2))).first()[0])
 
 
 def oracle_floor_rmse(spark, out: str, train_arrays, test_arrays, clip) -> float | None:
@@ -463,7 +577,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     )
     if "mllib" in bench.systems:
         with PeakMemory("jvm") as mem:
-            rmse, fit_s, setup, per_iter, timing = fit_mllib(
+            rmse, fit_s, setup, per_iter, timing, mllib_model = fit_mllib(
                 spark, train, test, rank, iterations, regs["mllib"], als.seed, global_mean, "final"
             )
         runs.append(
@@ -485,6 +599,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     if "mfspark" in bench.systems:
         with PeakMemory("all") as mem:
             result, fit_s, setup = fit_mfspark(spark, train, test, n_users, n_items, final, cfg)
+        mfspark_model = result.model
         runs.append(
             SystemRun(
                 "mfspark",
@@ -522,7 +637,15 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
                 reg_scaling=regs["mfspark"].scaling,
             )
         )
+    if "bpmf" in bench.systems:
+        runs.append(fit_bpmf_system(spark, train, test, n_users, n_items, cfg, clip))
     truth = planted_truth_rmse(spark, out, prepared.test, clip)
+    timings = []
+    if bench.recommend:
+        if not {"mllib", "mfspark"} <= set(bench.systems):
+            log.warning("benchmark.recommend needs the mllib and mfspark systems; skipped")
+        else:
+            timings = time_recommend(spark, mllib_model, mfspark_model, train, cfg.recommend.k, cfg)
     train.unpersist(), test.unpersist()
     master = spark.sparkContext.master
     rows = [
@@ -550,8 +673,16 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     ]
     with staged_outputs(spark, out) as stage:
         stage.write(spark.createDataFrame(rows, BENCHMARK_SCHEMA).coalesce(1), C.BENCHMARK)
+        if timings:
+            stage.write(
+                spark.createDataFrame(
+                    [tuple(asdict(t).values()) for t in timings], RECOMMEND_SCHEMA
+                ).coalesce(1),
+                BENCHMARK_RECOMMEND,
+            )
     entry = {
         "runs": [asdict(r) for r in runs],
+        "recommend": [asdict(t) for t in timings],
         "planted_truth_test_rmse": truth,
         "oracle_floor_test_rmse": oracle,
         "n_train": n_train,
@@ -560,6 +691,8 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     }
     update_manifest(spark, out, "benchmark", entry, cfg)
     print(table_text(runs, truth, oracle, n_train, n_test, n_users, n_items, master))
+    if timings:
+        print(recommend_text(timings))
     return entry
 
 
@@ -596,7 +729,10 @@ def table_text(runs, truth, oracle, n_train, n_test, n_users, n_items, master) -
             f"oracle floor (users solved with the true items and prior) {oracle:.4f} = "
             f"{oracle / truth:.4f} x truth; best system / oracle = {best / oracle:.4f}"
         )
-    lines.append("reg: n = plain L2 (als.reg_scaling none), c = count-scaled (ALS-WR, MLlib's)")
+    lines.append(
+        "reg: n = plain L2 (als.reg_scaling none), c = count-scaled (ALS-WR, MLlib's), "
+        "p = priors learned by the posterior (bpmf; s/iter is one Gibbs sweep)"
+    )
     if base is not None and base.mllib_blas:
         lines.append(f"MLlib: {base.mllib_blas}; iterations timed by {base.iteration_timing}")
     return "\n".join(lines)

@@ -60,9 +60,7 @@ PREPARED_USERS = "prepared/users"
 PREPARED_ITEMS = "prepared/items"
 PREPARED_REJECTED = "prepared/rejected"
 SYNTHETIC_TRUTH = "synthetic_truth"
-MODEL_USER_FACTORS = "model/user_factors"
-MODEL_ITEM_FACTORS = "model/item_factors"
-MODEL_METADATA = "model/metadata"
+MODELS = "models"
 METRICS_HISTORY = "metrics/history"
 METRICS_SUMMARY = "metrics/summary"
 PREDICTIONS = "predictions"
@@ -71,6 +69,32 @@ AE_BY_USER = "ae_inputs/by_user"
 AE_METADATA = "ae_inputs/metadata"
 BENCHMARK = "benchmark"
 MANIFEST = "manifest.json"
+#: Partition column of ``predictions`` (and ``recommendations``): the model's name.
+MODEL = "model"
+PREDICTION_SD = "prediction_sd"
+
+
+def model_dir(model: str) -> str:
+    """``models/<model>``: a model's parameters (a factor model: user_factors, item_factors,
+    metadata)."""
+    return f"{MODELS}/{model}"
+
+
+def predictions_dir(model: str) -> str:
+    """``predictions/model=<model>``: one Hive partition of ``predictions`` per model."""
+    return f"{PREDICTIONS}/{MODEL}={model}"
+
+
+# Top-K recommendations (the recommend stage); per-model datasets are Hive partitions
+# `<dataset>/model=<name>/`, so reading the dataset whole gives a `model` column.
+RECOMMENDATIONS = "recommendations"
+RECOMMENDATIONS_UNKNOWN_USERS = "recommendations_unknown_users"
+SIMILAR_ITEMS = "similar_items"
+METRICS_RANKING = "metrics/ranking"
+RANK = "rank"
+SCORE = "score"
+SIMILAR_ITEM_ID = "similar_item_id"
+SIMILARITY = "similarity"
 
 
 def ratings_schema(id_type: T.DataType) -> T.StructType:
@@ -175,5 +199,42 @@ AE_METADATA_SCHEMA = T.StructType(
         T.StructField("nnz_train", T.LongType(), False),
         T.StructField("nnz_test", T.LongType(), False),
         T.StructField("orientations", T.ArrayType(T.StringType(), False), False),
+    ]
+)
+
+
+def recommendations_schema(id_type: T.DataType) -> T.StructType:
+    """Schema of `recommendations/model=<name>` (one row per user and rank)."""
+    return T.StructType(
+        [
+            T.StructField(USER_ID, id_type, False),
+            T.StructField(RANK, T.IntegerType(), False),
+            T.StructField(ITEM_ID, id_type, False),
+            T.StructField(SCORE, T.DoubleType(), False),
+        ]
+    )
+
+
+def similar_items_schema(id_type: T.DataType) -> T.StructType:
+    """Schema of `similar_items/model=<name>` (one row per item and rank)."""
+    return T.StructType(
+        [
+            T.StructField(ITEM_ID, id_type, False),
+            T.StructField(RANK, T.IntegerType(), False),
+            T.StructField(SIMILAR_ITEM_ID, id_type, False),
+            T.StructField(SIMILARITY, T.DoubleType(), False),
+        ]
+    )
+
+
+RANKING_METRICS = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate", "coverage")
+RANKING_SCHEMA = T.StructType(
+    [
+        T.StructField("model", T.StringType(), False),
+        T.StructField("k", T.IntegerType(), False),
+        T.StructField("metric", T.StringType(), False),
+        T.StructField("value", T.DoubleType(), True),
+        # users averaged over: with >= 1 relevant test rating and a list (coverage: users listed)
+        T.StructField("n_users", T.LongType(), False),
     ]
 )

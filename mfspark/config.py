@@ -13,6 +13,7 @@ what it allows.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,28 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from mfspark import jobs
 from mfspark.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "local.toml"
+
+def default_config_file(name: str = "local.toml"):
+    """The shipped config file ``conf/NAME`` (a ``Path``, or a ``Traversable`` inside a zip).
+
+    The repository's ``conf/`` directory is the only copy: a wheel installs it as the package
+    ``mfspark.conf``. In a source checkout (installed editable or only on ``sys.path``) the
+    ``conf/`` beside the ``mfspark`` directory is read directly, so a checkout never reads the
+    files of another installed copy.
+    """
+    beside = Path(__file__).resolve().parent.parent / "conf" / name
+    if beside.is_file():
+        return beside
+    try:
+        return importlib.resources.files("mfspark.conf") / name
+    except ModuleNotFoundError:  # neither a checkout nor an installed package: report the path
+        return beside
+
+
+DEFAULT_CONFIG = default_config_file()
 
 DATA_FORMATS = (
     "auto",
@@ -202,6 +222,192 @@ class ALSConfig:
         default=2048.0,
         metadata=_doc("Largest factor broadcast allowed before training starts (MB).", min=0.0),
     )
+    checkpoint_interval: int = field(
+        default=0,
+        metadata=_doc(
+            "Save the training state every N iterations under `<output.path>/checkpoints/als/` "
+            "(Parquet, atomic; deleted after a successful run); 0 = off.",
+            min=0,
+        ),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_doc(
+            "Continue from the last checkpoint (same result as an uninterrupted run); refused "
+            "if settings other than `max_iter` or the prepared data differ. No checkpoint: "
+            "starts afresh."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class BPMFConfig:
+    rank: int = field(default=10, metadata=_doc("Number of latent factors k.", min=1))
+    burn_in: int = field(
+        default=40,
+        metadata=_doc("Gibbs sweeps discarded at the start (must be below `samples`).", min=0),
+    )
+    samples: int = field(
+        default=200,
+        metadata=_doc(
+            "Gibbs sweeps in total, burn-in included; every `thin`-th sweep after the burn-in "
+            "is averaged.",
+            min=1,
+        ),
+    )
+    thin: int = field(default=1, metadata=_doc("Keep every thin-th sweep after burn-in.", min=1))
+    beta0: float = field(
+        default=2.0, metadata=_doc("β₀ of the Normal-Wishart hyper-prior (> 0).", min=0.0)
+    )
+    nu0: float = field(
+        default=0.0,
+        metadata=_doc("ν₀ (degrees of freedom) of the Wishart; 0 means rank + 1.", min=0.0),
+    )
+    w0_scale: float = field(
+        default=1.0, metadata=_doc("W₀ = w0_scale · I, the Wishart scale (> 0).", min=0.0)
+    )
+    noise_precision: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Noise precision α = 1/σ² (> 0): its value when `sample_noise` is false, else "
+            "its starting value.",
+            min=0.0,
+        ),
+    )
+    sample_noise: bool = field(
+        default=True,
+        metadata=_doc("Draw α each sweep from its Gamma posterior (false: keep it fixed)."),
+    )
+    noise_shape: float = field(default=1.0, metadata=_doc("Shape a₀ of α's Gamma prior (> 0).", min=0.0))
+    noise_rate: float = field(default=1.0, metadata=_doc("Rate b₀ of α's Gamma prior (> 0).", min=0.0))
+    seed: int = field(default=42, metadata=_doc("Seed of the initial values and every draw."))
+    saved_samples: int = field(
+        default=20,
+        metadata=_doc(
+            "Kept samples written whole to `models/bpmf/samples` (evenly spread over the kept "
+            "sweeps) for later scoring and the predictive sd of new pairs.",
+            min=1,
+        ),
+    )
+    init_std: float = field(default=0.1, metadata=_doc("Sd of the initial factors.", min=0.0))
+    num_user_blocks: int = field(
+        default=0, metadata=_doc("User blocks; 0 = Spark's default parallelism.", min=0)
+    )
+    num_item_blocks: int = field(
+        default=0, metadata=_doc("Item blocks; 0 = Spark's default parallelism.", min=0)
+    )
+    clip_predictions: bool = field(
+        default=True,
+        metadata=_doc("Clip the predictive mean to the range of the training ratings."),
+    )
+
+
+@dataclass(frozen=True)
+class SVDConfig:
+    rank: int = field(
+        default=10,
+        metadata=_doc("Singular triplets k kept; at most the smaller matrix dimension.", min=1),
+    )
+    oversampling: int = field(
+        default=10,
+        metadata=_doc(
+            "Extra random directions p: the subspace iterated has k + p columns (capped at the "
+            "smaller dimension).",
+            min=0,
+        ),
+    )
+    power_iterations: int = field(
+        default=4,
+        metadata=_doc(
+            "Subspace (power) iterations q after the first range sketch; each costs one pass "
+            "over the user blocks and one over the item blocks.",
+            min=0,
+        ),
+    )
+    seed: int = field(default=42, metadata=_doc("Seed of the random test matrix (per item)."))
+    reg_bias: float = field(
+        default=3.0,
+        metadata=_doc("λ_b of the ridge bias baseline removed before the decomposition.", min=0.0),
+    )
+    bias_iterations: int = field(
+        default=5,
+        metadata=_doc("Alternating user/item bias steps of the baseline.", min=1),
+    )
+    clip_predictions: bool = field(
+        default=True,
+        metadata=_doc("Clip predictions to the range of the training ratings."),
+    )
+    num_user_blocks: int = field(
+        default=0, metadata=_doc("User blocks; 0 = Spark's default parallelism.", min=0)
+    )
+    num_item_blocks: int = field(
+        default=0, metadata=_doc("Item blocks; 0 = Spark's default parallelism.", min=0)
+    )
+
+
+RESIDUAL_BASES = ("als", "svd")
+BLEND_MEMBERS = ("als", "svd", "residual", "bpmf", "autorec", "autorec_user")
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    base: str = field(
+        default="als",
+        metadata=_doc(
+            "Base model whose errors the network learns (refitted per fold with its own section's "
+            "settings).",
+            choices=RESIDUAL_BASES,
+        ),
+    )
+    hidden_layers: list = field(
+        default_factory=lambda: [32, 16],
+        metadata=_doc("Sizes of the network's ReLU hidden layers."),
+    )
+    learning_rate: float = field(default=1e-3, metadata=_doc("Adam step size.", min=0.0))
+    l2: float = field(default=1e-4, metadata=_doc("L2 penalty on the network's weights.", min=0.0))
+    epochs: int = field(default=30, metadata=_doc("Most passes over the training rows.", min=1))
+    batch_size: int = field(default=512, metadata=_doc("Rows per Adam step.", min=1))
+    patience: int = field(
+        default=3,
+        metadata=_doc("Stop after this many epochs without a lower validation error.", min=1),
+    )
+    folds: int = field(
+        default=5,
+        metadata=_doc("K: the base is refitted K times for out-of-fold residuals.", min=2),
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata=_doc("Share of the out-of-fold rows held out for early stopping.", min=0.0, max=0.5),
+    )
+    max_train_rows: int = field(
+        default=2_000_000,
+        metadata=_doc(
+            "Most feature rows collected to the driver to train the network (a hash sample of "
+            "train when larger; 2M rows x 2k+7 float32 is about 0.2 GB at rank 10).",
+            min=1,
+        ),
+    )
+    seed: int = field(default=42, metadata=_doc("Seed of the folds, the sample and the network."))
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    models: list = field(
+        default_factory=list,
+        metadata=_doc(
+            "Members; empty = every blendable model whose test predictions are under "
+            "`predictions/model=<name>/`.",
+            choices=BLEND_MEMBERS,
+        ),
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata=_doc("Share of train held out (by hash) to fit the weights.", min=0.0, max=0.5),
+    )
+    l2: float = field(
+        default=1.0, metadata=_doc("Ridge penalty on the weights (not the intercept).", min=0.0)
+    )
+    seed: int = field(default=42, metadata=_doc("Seed of the validation hash."))
 
 
 @dataclass(frozen=True)
@@ -212,13 +418,108 @@ class AutoencoderConfig:
     )
 
 
+AUTOREC_ORIENTATIONS = ("by_item", "by_user")
+AUTOREC_ACTIVATIONS = ("sigmoid", "tanh", "relu")
+AUTOREC_OPTIMIZERS = ("lbfgs", "rprop")
+PRECISIONS = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class AutoRecConfig:
+    orientation: str = field(
+        default="by_item",
+        metadata=_doc(
+            "`by_item`: I-AutoRec, one row per item over all users (model `autorec`); "
+            "`by_user`: U-AutoRec, one row per user over all items (model `autorec_user`).",
+            choices=AUTOREC_ORIENTATIONS,
+        ),
+    )
+    hidden: int = field(default=500, metadata=_doc("Hidden units h.", min=1))
+    activation: str = field(
+        default="sigmoid",
+        metadata=_doc(
+            "Hidden activation g (the output layer is the identity).", choices=AUTOREC_ACTIVATIONS
+        ),
+    )
+    l2: float = field(
+        default=300.0,
+        metadata=_doc(
+            "λ of the weight penalty (λ/2)(‖E‖² + ‖D‖²), against a sum (not mean) of squared "
+            "errors over the observed train cells.",
+            min=0.0,
+        ),
+    )
+    input_dropout: float = field(
+        default=0.0,
+        metadata=_doc(
+            "Share of input cells zeroed each iteration (kept ones scaled by 1/(1-p)); 0 = plain "
+            "AutoRec, > 0 = denoising. Must be in [0, 1).",
+            min=0.0,
+        ),
+    )
+    optimizer: str = field(
+        default="lbfgs",
+        metadata=_doc("Full-batch optimiser: `lbfgs` or `rprop` (iRprop-).", choices=AUTOREC_OPTIMIZERS),
+    )
+    lbfgs_history: int = field(
+        default=5, metadata=_doc("Curvature pairs L-BFGS keeps (driver memory: 2 |θ| each).", min=1)
+    )
+    rprop_initial_step: float = field(
+        default=1e-3, metadata=_doc("Rprop's initial per-weight step.", min=0.0)
+    )
+    epochs: int = field(
+        default=200,
+        metadata=_doc("Most iterations (each a full pass over the rows; L-BFGS may take a few).", min=1),
+    )
+    tol: float = field(
+        default=1e-6,
+        metadata=_doc("Stop when the relative change of the objective J is below this.", min=0.0),
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata=_doc(
+            "Share of the train cells held back (keyed by seed, row and column) to choose the "
+            "iteration to keep; 0 disables early stopping (the last iteration is kept).",
+            min=0.0,
+            max=0.5,
+        ),
+    )
+    patience: int = field(
+        default=20,
+        metadata=_doc("Stop when the validation RMSE has not improved for this many iterations.", min=1),
+    )
+    seed: int = field(
+        default=42, metadata=_doc("Seed of the initial weights, the validation cells and dropout.")
+    )
+    init_std: float = field(default=0.03, metadata=_doc("Sd of the initial weights.", min=0.0))
+    precision: str = field(
+        default="float32",
+        metadata=_doc(
+            "Weights, gradients and optimiser state: `float32` (half the memory) or `float64`.",
+            choices=PRECISIONS,
+        ),
+    )
+    num_partitions: int = field(
+        default=0,
+        metadata=_doc("Partitions of the cached row blocks; 0 = Spark's default parallelism.", min=0),
+    )
+    block_cells: int = field(
+        default=1_000_000,
+        metadata=_doc("Train cells per row block (bounds a task's working arrays).", min=1),
+    )
+    clip_predictions: bool = field(
+        default=True,
+        metadata=_doc("Clip predictions to the range of the training ratings."),
+    )
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     predictions_path: str = field(
         default="",
         metadata=_doc(
-            "Long predictions to score (user_idx or user_id, item, prediction); "
-            "default `<output.path>/predictions`."
+            "Long predictions to score (user_idx or user_id, item, prediction); default: every "
+            "model's `<output.path>/predictions/model=<name>`."
         ),
     )
     reconstruction_path: str = field(
@@ -242,8 +543,9 @@ class EvaluateConfig:
     model_name: str = field(
         default="",
         metadata=_doc(
-            "Name in `metrics/summary.model`; default: the model the manifest records for "
-            "`<output.path>/predictions`, else the scored directory's name."
+            "Score only this model's `predictions/model=<name>` (default: every model there); "
+            "with `predictions_path` or `reconstruction_path`, the name in `metrics/summary.model` "
+            "(default: the scored directory's name)."
         ),
     )
     activity_buckets: list = field(
@@ -256,10 +558,58 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class RecommendConfig:
+    k: int = field(
+        default=10, metadata=_doc("Length K of every top-K list (and of the ranking metrics).", min=1)
+    )
+    models: list = field(
+        default_factory=list,
+        metadata=_doc(
+            "Models to recommend with: names of factor models under `<output.path>/models/` and "
+            "`popularity` (most-rated unseen items). Empty: every factor model found there, plus "
+            "`popularity`."
+        ),
+    )
+    users_path: str = field(
+        default="",
+        metadata=_doc(
+            "Users to recommend for: a text file with one user id per line, or Parquet with a "
+            "`user_id` column. Empty: every user of the prepared dataset. Unknown ids are counted "
+            "and written to `recommendations_unknown_users`."
+        ),
+    )
+    exclude_seen: bool = field(
+        default=True, metadata=_doc("Never recommend an item the user rated in train.")
+    )
+    relevance_threshold: float = field(
+        default=4.0,
+        metadata=_doc("A test rating at or above this is relevant (for `metrics/ranking`)."),
+    )
+    candidate_items: list = field(
+        default_factory=list,
+        metadata=_doc("Item ids that may be recommended. Empty: every item with training ratings."),
+    )
+    similar_items: bool = field(
+        default=False,
+        metadata=_doc(
+            "Also write `similar_items`: per item the K most cosine-similar items (item factors)."
+        ),
+    )
+    num_blocks: int = field(
+        default=0,
+        metadata=_doc(
+            "Blocks of users (items for similar items) scored as one task each; 0 = Spark's "
+            "default parallelism. Results do not depend on it.",
+            min=0,
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
     systems: list = field(
         default_factory=lambda: ["mllib", "mfspark", "numpy"],
-        metadata=_doc("Systems to run.", choices=("mllib", "mfspark", "numpy")),
+        metadata=_doc("Systems to run.", choices=("mllib", "mfspark", "numpy", "bpmf")),
     )
     tune: bool = field(
         default=True,
@@ -300,15 +650,23 @@ class BenchmarkConfig:
             "and split settings; otherwise run the prepare stage first."
         ),
     )
+    recommend: bool = field(
+        default=False,
+        metadata=_doc(
+            "Also time top-K recommendation for every user (K = `recommend.k`): MLlib's "
+            "`recommendForAllUsers` on its model vs mfspark's lists on its model, with and "
+            "without seen-item exclusion (needs the `mllib` and `mfspark` systems)."
+        ),
+    )
 
 
-PIPELINE_STAGES = ("prepare", "train_als", "evaluate", "build_autoencoder_inputs", "report")
+PIPELINE_STAGES = jobs.STAGES  # every job that can be a stage, in run order (mfspark/jobs.py)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     stages: list = field(
-        default_factory=lambda: list(PIPELINE_STAGES),
+        default_factory=lambda: list(jobs.DEFAULT_STAGES),
         metadata=_doc("Stages `jobs/pipeline.py` runs, in this order.", choices=PIPELINE_STAGES),
     )
 
@@ -333,8 +691,14 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     als: ALSConfig = field(default_factory=ALSConfig)
+    bpmf: BPMFConfig = field(default_factory=BPMFConfig)
+    svd: SVDConfig = field(default_factory=SVDConfig)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    autorec: AutoRecConfig = field(default_factory=AutoRecConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -363,8 +727,14 @@ _SECTION_TYPES = {
     "synthetic": SyntheticConfig,
     "split": SplitConfig,
     "als": ALSConfig,
+    "bpmf": BPMFConfig,
+    "svd": SVDConfig,
+    "residual": ResidualConfig,
+    "blend": BlendConfig,
     "autoencoder": AutoencoderConfig,
+    "autorec": AutoRecConfig,
     "evaluate": EvaluateConfig,
+    "recommend": RecommendConfig,
     "benchmark": BenchmarkConfig,
     "pipeline": PipelineConfig,
     "output": OutputConfig,
@@ -505,10 +875,58 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"data.delimiter must be one character, got {d.delimiter!r}")
     if not cfg.output.path:
         raise ConfigError("output.path must not be empty")
+    _check_bpmf(cfg.bpmf)
+    if not all(
+        isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in cfg.residual.hidden_layers
+    ):
+        raise ConfigError(
+            "residual.hidden_layers must be a list of positive integers, got "
+            f"{cfg.residual.hidden_layers!r}"
+        )
+    if len(set(cfg.blend.models)) != len(cfg.blend.models) or len(cfg.blend.models) == 1:
+        raise ConfigError(
+            "blend.models must name two or more different models (or be empty), got "
+            f"{cfg.blend.models!r}"
+        )
+    rc = cfg.recommend
+    n_candidates = len({str(i) for i in rc.candidate_items})
+    if rc.candidate_items and rc.k > n_candidates:
+        raise ConfigError(
+            f"recommend.k ({rc.k}) is larger than the {n_candidates} distinct "
+            "recommend.candidate_items; lower recommend.k or list more items"
+        )
+    if not 0 <= cfg.autorec.input_dropout < 1:
+        raise ConfigError(
+            f"config key autorec.input_dropout must be in [0, 1), got {cfg.autorec.input_dropout}"
+        )
     if cfg.split.method in ("random", "user", "time") and not 0 < cfg.split.test_fraction < 1:
         raise ConfigError(
             f"split.test_fraction must be strictly between 0 and 1 for split.method = "
             f"{cfg.split.method!r}, got {cfg.split.test_fraction}"
+        )
+
+
+def _check_bpmf(b: BPMFConfig) -> None:
+    for key in ("beta0", "w0_scale", "noise_precision", "noise_shape", "noise_rate"):
+        if getattr(b, key) <= 0:
+            raise ConfigError(
+                f"config key bpmf.{key} must be > 0 (a precision or prior parameter), "
+                f"got {getattr(b, key)!r}"
+            )
+    if b.nu0 and b.nu0 <= b.rank:
+        raise ConfigError(
+            f"config key bpmf.nu0 must be 0 (rank + 1) or above bpmf.rank={b.rank} for a proper "
+            f"Wishart prior, got {b.nu0!r}"
+        )
+    if b.burn_in >= b.samples:
+        raise ConfigError(
+            f"config key bpmf.burn_in ({b.burn_in}) must be below bpmf.samples ({b.samples}), the "
+            "total number of sweeps; raise bpmf.samples or lower bpmf.burn_in"
+        )
+    if b.samples - b.burn_in < b.thin:
+        raise ConfigError(
+            f"config key bpmf.thin ({b.thin}) keeps no sample of the {b.samples - b.burn_in} "
+            "sweeps after burn-in; lower bpmf.thin or raise bpmf.samples"
         )
 
 
@@ -539,9 +957,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Read a TOML config (default ``conf/local.toml``), apply ``--set`` overrides, validate."""
-    path = Path(path) if path else DEFAULT_CONFIG
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple = (), default=None
+) -> Config:
+    """Read a TOML config, apply ``--set`` overrides, validate.
+
+    Without ``path``: ``default`` (a file from :func:`default_config_file`), else
+    ``conf/local.toml``.
+    """
+    path = Path(path) if path else (default or DEFAULT_CONFIG)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}; pass an existing file with --config")
     try:

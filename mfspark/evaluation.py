@@ -282,44 +282,72 @@ def format_summary(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_summary(spark: SparkSession, stage, output: str, summary: DataFrame, model_name: str) -> None:
-    """Stage ``metrics/summary``: the rows already there for other models, plus ``summary``.
+def write_summary(
+    spark: SparkSession, stage, output: str, summary: DataFrame, models: str | Sequence[str]
+) -> None:
+    """Stage ``metrics/summary``: the rows already there for other models, plus ``summary``
+    (rows of ``models`` are replaced); see :func:`replace_model_rows`."""
+    replace_model_rows(spark, stage, output, C.METRICS_SUMMARY, C.SUMMARY_SCHEMA, summary, models)
 
-    Rows of ``model_name`` are replaced. The old dataset is read before the stage commits, so
-    the write is atomic with the rest of the stage.
+
+def write_history(spark: SparkSession, stage, output: str, history: DataFrame, model: str) -> None:
+    """Stage ``metrics/history``: other models' rows kept, ``model``'s replaced by ``history``."""
+    replace_model_rows(spark, stage, output, C.METRICS_HISTORY, C.HISTORY_SCHEMA, history, model)
+
+
+def replace_model_rows(
+    spark: SparkSession,
+    stage,
+    output: str,
+    name: str,
+    schema: T.StructType,
+    rows: DataFrame,
+    models: str | Sequence[str],
+) -> None:
+    """Stage dataset ``name`` (a table with a ``model`` column, e.g. ``metrics/summary``):
+    the rows already there for other models, plus ``rows``. Rows of ``models`` are replaced.
+
+    The old dataset is read before the stage commits, so the write is atomic with the rest
+    of the stage.
     """
     from mfspark.io import HadoopFS, join
 
-    final = join(output, C.METRICS_SUMMARY)
-    names = C.SUMMARY_SCHEMA.names
-    combined = summary.select(*names)
+    models = [models] if isinstance(models, str) else list(models)
+    final = join(output, name)
+    combined = rows.select(*schema.names)
     if HadoopFS(spark).exists(final):
-        old = spark.read.parquet(final).where(F.col("model") != model_name)
+        old = spark.read.parquet(final).where(~F.col(C.MODEL).isin(models))
         combined = old.unionByName(combined, allowMissingColumns=True).select(
-            *[F.col(f.name).cast(f.dataType) for f in C.SUMMARY_SCHEMA.fields]
+            *[F.col(f.name).cast(f.dataType) for f in schema.fields]
         )
-    stage.write(combined.coalesce(1), C.METRICS_SUMMARY)
+    stage.write(combined.coalesce(1), name)
 
 
-def _default_model_name(spark: SparkSession, output: str, predictions_path: str) -> str:
-    """The model behind ``<output>/predictions``: the latest manifest stage that names one."""
-    from mfspark.io import join, read_manifest
+def present_models(spark: SparkSession, output: str) -> list[str]:
+    """Models with a ``predictions/model=<name>`` partition: registered models first (in
+    pipeline order), then any others by name."""
+    from mfspark.io import HadoopFS, join
+    from mfspark.models.registry import MODELS
 
-    if predictions_path.rstrip("/") == join(output, C.PREDICTIONS):
-        stages = read_manifest(spark, output).get("stages", {})
-        named = [
-            (entry.get("finished_at", ""), entry["model"])
-            for entry in stages.values()
-            if isinstance(entry, dict) and isinstance(entry.get("model"), str)
-        ]
-        if named:
-            return max(named)[1]
-    return os.path.basename(predictions_path.rstrip("/")) or "predictions"
+    prefix = f"{C.MODEL}="
+    found = {
+        os.path.basename(p.rstrip("/"))[len(prefix) :]
+        for p in HadoopFS(spark).glob(join(output, C.PREDICTIONS, f"{prefix}*"))
+    }
+    return [m for m in MODELS if m in found] + sorted(found - set(MODELS))
 
 
 def run_evaluate(cfg, spark: SparkSession) -> dict:
-    """The ``evaluate`` stage: score predictions or reconstructions, update ``metrics/summary``."""
-    from mfspark.io import HadoopFS, join, read_manifest, staged_outputs, update_manifest
+    """The ``evaluate`` stage: score every model's predictions (or one model's, or a
+    reconstruction) and replace their rows of ``metrics/summary``."""
+    from mfspark.io import (
+        HadoopFS,
+        join,
+        read_manifest,
+        require_committed,
+        staged_outputs,
+        update_manifest,
+    )
     from mfspark.prepare import Prepared
 
     started = time.time()
@@ -328,6 +356,7 @@ def run_evaluate(cfg, spark: SparkSession) -> dict:
     activity_segments(ev.activity_buckets)  # fail on a bad config before any Spark work
     prepared = Prepared.load(spark, out)
     fs = HadoopFS(spark)
+    sources: dict[str, tuple[str, DataFrame]] = {}
     if ev.reconstruction_path:
         source = ev.reconstruction_path
         if not fs.exists(source):
@@ -338,31 +367,51 @@ def run_evaluate(cfg, spark: SparkSession) -> dict:
             ev.reconstruction_orientation,
             ev.reconstruction_column,
         )
-        model_name = ev.model_name or os.path.basename(source.rstrip("/"))
-    else:
-        source = ev.predictions_path or join(out, C.PREDICTIONS)
+        sources[ev.model_name or os.path.basename(source.rstrip("/"))] = (source, predictions)
+    elif ev.predictions_path:
+        source = ev.predictions_path
         if not fs.exists(source):
+            raise InputError(f"no predictions at {source}; check evaluate.predictions_path")
+        name = ev.model_name or os.path.basename(source.rstrip("/"))
+        sources[name] = (source, spark.read.parquet(source))
+    else:
+        models = present_models(spark, out)
+        where = join(out, C.PREDICTIONS)
+        if ev.model_name:
+            if ev.model_name not in models:
+                raise InputError(
+                    f"no predictions of model {ev.model_name!r} under {where} (models there: "
+                    f"{', '.join(models) or 'none'}); run its train stage or fix evaluate.model_name"
+                )
+            models = [ev.model_name]
+        if not models:
             raise InputError(
-                f"no predictions at {source}; run jobs/train_als.py with the same output.path, "
-                "or set evaluate.predictions_path / evaluate.reconstruction_path"
+                f"no predictions under {where}; run a training job (e.g. jobs/train_als.py) with "
+                "the same output.path, or set evaluate.predictions_path / evaluate.reconstruction_path"
             )
-        predictions = spark.read.parquet(source)
-        model_name = ev.model_name or _default_model_name(spark, out, source)
-    log.info("scoring %s as model %r against %s", source, model_name, join(out, C.PREPARED_TEST))
-    scores = score_predictions(
-        predictions, prepared.test, prepared.users, model_name, ev.activity_buckets
-    )
+        for name in models:
+            # Written by a training stage: read only what that stage committed.
+            require_committed(spark, out, [C.predictions_dir(name)])
+            source = join(out, C.predictions_dir(name))
+            sources[name] = (source, spark.read.parquet(source))
+    results, frames = {}, []
+    for name, (source, predictions) in sources.items():
+        log.info("scoring %s as model %r against %s", source, name, join(out, C.PREPARED_TEST))
+        scores = score_predictions(predictions, prepared.test, prepared.users, name, ev.activity_buckets)
+        log.info("test metrics of %s:\n%s", name, format_summary(scores.rows))
+        frames.append(scores.to_frame(spark))
+        results[name] = {
+            "source": source,
+            "n_test": scores.n_test,
+            "n_extra_predictions": scores.n_extra_predictions,
+            "segments": scores.rows,
+        }
+    summary = frames[0]
+    for frame in frames[1:]:
+        summary = summary.unionByName(frame)
     with staged_outputs(spark, out) as stage:
-        write_summary(spark, stage, out, scores.to_frame(spark), model_name)
-    log.info("test metrics of %s:\n%s", model_name, format_summary(scores.rows))
-    result = {
-        "source": source,
-        "n_test": scores.n_test,
-        "n_extra_predictions": scores.n_extra_predictions,
-        "segments": scores.rows,
-        "seconds": round(time.time() - started, 3),
-    }
+        write_summary(spark, stage, out, summary, list(sources))
     previous = read_manifest(spark, out).get("stages", {}).get("evaluate", {}).get("models", {})
-    entry = {"models": {**previous, model_name: result}}
+    entry = {"models": {**previous, **results}, "seconds": round(time.time() - started, 3)}
     update_manifest(spark, out, "evaluate", entry, cfg)
-    return result
+    return {"models": results, "seconds": entry["seconds"]}

@@ -19,6 +19,11 @@ larger than Spark's (about 5–30 rather than 0.01–0.1 on MovieLens-like data 
 ``regScaling="count"`` for Spark-like values); and ``coldStartStrategy`` defaults to
 ``"fallback"``: an unknown user or item is predicted as μ plus the known bias, never NaN
 (``"nan"`` and ``"drop"`` behave as in Spark).
+
+Top-K lists: ``recommendForAllUsers``, ``recommendForUserSubset``, ``recommendForAllItems`` and
+``recommendForItemSubset`` return Spark's schema (``recommendations``: array of (item, rating)
+structs, best first), computed block by block by :mod:`mfspark.recommend`; ``excludeSeen=True``
+leaves out the pairs rated in training, which Spark cannot do.
 """
 
 from __future__ import annotations
@@ -41,12 +46,14 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mfspark import columns as C
+from mfspark.blocks.rows import ITEM, USER
 from mfspark.errors import MfsparkError
 from mfspark.indexing import dense_index
 from mfspark.models.als.kernels import Regularization
 from mfspark.models.als.spark import SparkBlockSolver
 from mfspark.models.als.train import ALSParams, run_als
 from mfspark.models.factor_model import COLD_START_STRATEGIES, FactorModel
+from mfspark.recommend import COL, ROW, factor_scorer, rank_frame, with_ids
 
 
 class _BiasedALSParams(HasMaxIter, HasRegParam, HasPredictionCol, HasSeed, HasTol):
@@ -85,6 +92,12 @@ class _BiasedALSParams(HasMaxIter, HasRegParam, HasPredictionCol, HasSeed, HasTo
         "clip predictions to the training ratings' range",
         TypeConverters.toBoolean,
     )
+    excludeSeen = Param(
+        Params._dummy(),
+        "excludeSeen",
+        "recommendForAll*/recommendForUserSubset never return a pair rated in training",
+        TypeConverters.toBoolean,
+    )
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -104,6 +117,7 @@ class _BiasedALSParams(HasMaxIter, HasRegParam, HasPredictionCol, HasSeed, HasTo
             numItemBlocks=0,
             tol=1e-4,
             clipPredictions=True,
+            excludeSeen=False,
         )
 
     def getRank(self) -> int:
@@ -150,6 +164,7 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
         numItemBlocks: int = 0,
         tol: float = 1e-4,
         clipPredictions: bool = True,
+        excludeSeen: bool = False,
     ):
         super().__init__()
         self._set(**self._input_kwargs)
@@ -176,29 +191,8 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
             F.col(item_col).alias(C.ITEM_ID),
             F.col(rating_col).cast("double").alias(C.RATING),
         )
-        invalid = (
-            F.col(C.USER_ID).isNull()
-            | F.col(C.ITEM_ID).isNull()
-            | F.col(C.RATING).isNull()
-            | F.isnan(C.RATING)
-        )
-        stats = ratings.agg(
-            F.count_if(invalid).alias("bad"), F.min(C.RATING).alias("lo"), F.max(C.RATING).alias("hi")
-        ).first()
-        if stats["bad"]:
-            raise MfsparkError(
-                f"{stats['bad']} training rows have a null id or a null/NaN rating; filter them out "
-                "(or use jobs/prepare.py, which quarantines them with a reason)"
-            )
-        if stats["lo"] is None:
-            raise MfsparkError("the training DataFrame is empty; nothing to fit")
-        parts = spark.sparkContext.defaultParallelism
-        users = dense_index(ratings, C.USER_ID, C.USER_IDX, parts)
-        items = dense_index(ratings, C.ITEM_ID, C.ITEM_IDX, parts)
-        train = ratings.join(F.broadcast(users), C.USER_ID).join(F.broadcast(items), C.ITEM_ID)
-        clip = (
-            (float(stats["lo"]), float(stats["hi"])) if self.getOrDefault(self.clipPredictions) else None
-        )
+        bounds = check_ratings(ratings)
+        clip = bounds if self.getOrDefault(self.clipPredictions) else None
         params = ALSParams(
             rank=self.getRank(),
             max_iter=self.getMaxIter(),
@@ -207,21 +201,33 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
             tol=self.getTol(),
             clip=clip,
         )
-        n_users, n_items = users.count(), items.count()
-        solver = SparkBlockSolver(
-            spark,
-            train,
-            None,
-            n_users,
-            n_items,
-            params,
-            self.getOrDefault(self.numUserBlocks),
-            self.getOrDefault(self.numItemBlocks),
-        )
+        parts = spark.sparkContext.defaultParallelism
+        cached = []  # the index tables are cached while fitting and released on every path
         try:
-            result = run_als(solver, params, name=f"BiasedALS[{self.uid}]")
+            users = dense_index(ratings, C.USER_ID, C.USER_IDX, parts)
+            cached.append(users)
+            items = dense_index(ratings, C.ITEM_ID, C.ITEM_IDX, parts)
+            cached.append(items)
+            train = ratings.join(F.broadcast(users), C.USER_ID).join(F.broadcast(items), C.ITEM_ID)
+            n_users, n_items = users.count(), items.count()
+            with SparkBlockSolver(
+                spark,
+                train,
+                None,
+                n_users,
+                n_items,
+                params,
+                self.getOrDefault(self.numUserBlocks),
+                self.getOrDefault(self.numItemBlocks),
+            ) as solver:
+                result = run_als(solver, params, name=f"BiasedALS[{self.uid}]")
+            # The model keeps driver-side copies of the id tables (as small as its factors),
+            # so nothing stays cached once the fit returns.
+            users_local = spark.createDataFrame(users.toArrow())
+            items_local = spark.createDataFrame(items.toArrow())
         finally:
-            solver.close()
+            for df in cached:
+                df.unpersist()
         metadata = {
             "reg": params.reg.reg,
             "reg_bias": params.reg.reg_bias,
@@ -235,7 +241,10 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
             "n_items": n_items,
             "n_train": solver.n_train,
         }
-        model = BiasedALSModel(FactorModel(result.model, users, items, metadata))
+        model = BiasedALSModel(
+            FactorModel(result.model, users_local, items_local, metadata),
+            train.select(C.USER_IDX, C.ITEM_IDX),
+        )
         self._copyValues(model)
         return model
 
@@ -247,12 +256,147 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
         return DefaultParamsReader(cls)
 
 
-class BiasedALSModel(Model, _BiasedALSParams, MLReadable, MLWritable):
-    """A fitted :class:`BiasedALS`: ``transform`` adds ``predictionCol``."""
+#: Largest |rating| the estimator accepts. Ratings travel as float32 and squared errors are
+#: summed: with |r| <= 1e9 a square is <= 1e18, and even 10^20 of them sum to far below
+#: float32's largest finite value (3.4e38), so no error, objective or prediction overflows.
+MAX_ABS_RATING = 1e9
 
-    def __init__(self, als_model: FactorModel | None = None):
+
+def check_ratings(ratings: DataFrame) -> tuple[float, float]:
+    """Refuse what the blocks cannot fit, with one line; the (min, max) rating otherwise.
+
+    ``ratings`` has ``user_id``, ``item_id``, ``rating`` (double). Refused: a null id, a
+    null, NaN or infinite rating, |rating| > :data:`MAX_ABS_RATING`, an empty frame, and a
+    (user, item) pair given more than once (the blocks assume one rating per pair; without
+    timestamps there is no "latest" to keep as ``prepare`` does, so the caller must choose).
+    """
+    rating = F.col(C.RATING)
+    invalid = F.col(C.USER_ID).isNull() | F.col(C.ITEM_ID).isNull() | rating.isNull() | F.isnan(rating)
+    stats = ratings.agg(
+        F.count_if(invalid).alias("bad"),
+        F.count_if(~invalid & (F.abs(rating) > F.lit(MAX_ABS_RATING))).alias("huge"),
+        F.min(rating).alias("lo"),
+        F.max(rating).alias("hi"),
+    ).first()
+    if stats["bad"]:
+        raise MfsparkError(
+            f"{stats['bad']} training rows have a null id or a null/NaN rating; filter them out "
+            "(or use jobs/prepare.py, which quarantines them with a reason)"
+        )
+    if stats["huge"]:
+        raise MfsparkError(
+            f"{stats['huge']} training ratings are infinite or beyond ±{MAX_ABS_RATING:g} "
+            f"(largest |rating| allowed, so float32 sums stay finite; seen min {stats['lo']}, "
+            f"max {stats['hi']}); filter or rescale them"
+        )
+    if stats["lo"] is None:
+        raise MfsparkError("the training DataFrame is empty; nothing to fit")
+    dup = (
+        ratings.groupBy(C.USER_ID, C.ITEM_ID)
+        .count()
+        .where(F.col("count") > 1)
+        .agg(F.count(F.lit(1)).alias("pairs"), F.sum("count").alias("rows"))
+        .first()
+    )
+    if dup["pairs"]:
+        raise MfsparkError(
+            f"{dup['pairs']} (user, item) pairs occur more than once ({dup['rows']} rows); keep "
+            "one rating per pair (e.g. the latest, as jobs/prepare.py does, or the mean) and fit again"
+        )
+    return float(stats["lo"]), float(stats["hi"])
+
+
+class BiasedALSModel(Model, _BiasedALSParams, MLReadable, MLWritable):
+    """A fitted :class:`BiasedALS`: ``transform`` adds ``predictionCol``; ``recommendFor*``
+    give top-K lists in Spark ALS's output schema.
+
+    Lists rank by the unclipped predicted rating (``rating``, float), ties by the lower
+    internal index; candidates are the entities with training ratings. With
+    ``excludeSeen=True`` a pair rated in training is never recommended: the model keeps a
+    reference to its (lazily evaluated) training DataFrame for that. A model loaded from disk
+    does not have it: give it with :meth:`setSeenRatings`.
+    """
+
+    def __init__(self, als_model: FactorModel | None = None, seen: DataFrame | None = None):
         super().__init__()
         self.als_model = als_model
+        self._seen = seen  # user_idx, item_idx of the training ratings
+
+    def setExcludeSeen(self, value: bool) -> BiasedALSModel:
+        return self._set(excludeSeen=value)
+
+    def getExcludeSeen(self) -> bool:
+        return self.getOrDefault(self.excludeSeen)
+
+    def setSeenRatings(self, dataset: DataFrame) -> BiasedALSModel:
+        """Use the (userCol, itemCol) pairs of ``dataset`` as the rated pairs ``excludeSeen``
+        removes (ids the model does not know are ignored)."""
+        m = self.als_model
+        users = m.users.select(F.col(C.USER_ID).cast("string").alias("_u"), C.USER_IDX)
+        items = m.items.select(F.col(C.ITEM_ID).cast("string").alias("_i"), C.ITEM_IDX)
+        pairs = dataset.select(
+            F.col(self.getUserCol()).cast("string").alias("_u"),
+            F.col(self.getItemCol()).cast("string").alias("_i"),
+        )
+        self._seen = pairs.join(users, "_u").join(items, "_i").select(C.USER_IDX, C.ITEM_IDX)
+        return self
+
+    def recommendForAllUsers(self, numItems: int) -> DataFrame:
+        """``userCol``, ``recommendations`` array<struct<itemCol, rating: float>> (best first)."""
+        return self._recommend(USER, self.als_model.users.select(F.col(C.USER_IDX).alias(ROW)), numItems)
+
+    def recommendForAllItems(self, numUsers: int) -> DataFrame:
+        """``itemCol``, ``recommendations`` array<struct<userCol, rating: float>> (best first)."""
+        return self._recommend(ITEM, self.als_model.items.select(F.col(C.ITEM_IDX).alias(ROW)), numUsers)
+
+    def recommendForUserSubset(self, dataset: DataFrame, numItems: int) -> DataFrame:
+        """As :meth:`recommendForAllUsers`, for the distinct users of ``dataset[userCol]``
+        the model knows (others are left out, as in Spark)."""
+        users = self.als_model.users.select(F.col(C.USER_ID).cast("string").alias("_u"), C.USER_IDX)
+        wanted = dataset.select(F.col(self.getUserCol()).cast("string").alias("_u")).distinct()
+        return self._recommend(
+            USER, wanted.join(users, "_u").select(F.col(C.USER_IDX).alias(ROW)), numItems
+        )
+
+    def recommendForItemSubset(self, dataset: DataFrame, numUsers: int) -> DataFrame:
+        """As :meth:`recommendForAllItems`, for the distinct items of ``dataset[itemCol]``."""
+        items = self.als_model.items.select(F.col(C.ITEM_ID).cast("string").alias("_i"), C.ITEM_IDX)
+        wanted = dataset.select(F.col(self.getItemCol()).cast("string").alias("_i")).distinct()
+        return self._recommend(
+            ITEM, wanted.join(items, "_i").select(F.col(C.ITEM_IDX).alias(ROW)), numUsers
+        )
+
+    def _recommend(self, side: str, rows: DataFrame, k: int) -> DataFrame:
+        if not isinstance(k, int) or k < 1:
+            raise MfsparkError(f"the number of recommendations must be a positive integer, got {k!r}")
+        m = self.als_model
+        spark = m.users.sparkSession
+        seen = None
+        if self.getExcludeSeen():
+            if self._seen is None:
+                raise MfsparkError(
+                    "excludeSeen needs the training ratings, which a loaded model does not keep; "
+                    "call model.setSeenRatings(training_df) first"
+                )
+            row_idx, col_idx = (C.USER_IDX, C.ITEM_IDX) if side == USER else (C.ITEM_IDX, C.USER_IDX)
+            seen = self._seen.select(F.col(row_idx).alias(ROW), F.col(col_idx).alias(COL))
+        ranked = rank_frame(spark, rows, seen, factor_scorer(m.params, side), k)
+        users = m.users.select(C.USER_ID, C.USER_IDX)
+        items = m.items.select(C.ITEM_ID, C.ITEM_IDX)
+        (row_ids, row_col), (col_ids, col_col) = (
+            ((users, self.getUserCol()), (items, self.getItemCol()))
+            if side == USER
+            else ((items, self.getItemCol()), (users, self.getUserCol()))
+        )
+        lists = with_ids(ranked.frame, row_ids, col_ids, (row_col, C.RANK, col_col, "rating"))
+        entries = F.sort_array(
+            F.collect_list(F.struct(C.RANK, col_col, F.col("rating").cast("float").alias("rating")))
+        )
+        return lists.groupBy(row_col).agg(
+            F.transform(
+                entries, lambda e: F.struct(e[col_col].alias(col_col), e["rating"].alias("rating"))
+            ).alias("recommendations")
+        )
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         return self.als_model.transform(
@@ -262,6 +406,11 @@ class BiasedALSModel(Model, _BiasedALSParams, MLReadable, MLWritable):
             self.getOrDefault(self.predictionCol),
             self.getColdStartStrategy(),
         )
+
+    def release(self) -> None:
+        """Destroy the prediction broadcast once the transformed DataFrames have been computed
+        (see :meth:`mfspark.models.factor_model.FactorModel.release`)."""
+        self.als_model.release()
 
     @property
     def globalMean(self) -> float:

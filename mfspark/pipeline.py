@@ -1,48 +1,40 @@
-"""``jobs/pipeline.py``: every stage in order, one Spark session, a short summary at the end.
+"""The ``pipeline`` job: every stage in order, one Spark session, a short summary at the end.
 
-Stages (``pipeline.stages``): prepare → train_als → evaluate → build_autoencoder_inputs → report.
-Each stage is the same function its own job runs, so ``pipeline`` and the separate jobs
-give identical outputs.
+Stages (``pipeline.stages``; by default prepare → train_als → train_bpmf →
+build_autoencoder_inputs → evaluate → recommend → report) are the jobs of
+:data:`mfspark.jobs.JOBS` marked as stages (``train_autorec`` may be added after
+``build_autoencoder_inputs``), and each stage is the same function its own job runs, so
+``pipeline`` and the separate jobs give identical outputs. Models report through
+:mod:`mfspark.models.registry`: a new model adds no code here.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 
 from pyspark.sql import SparkSession
 
 from mfspark import columns as C
+from mfspark import jobs
 from mfspark.config import Config
 from mfspark.io import join
 
 log = logging.getLogger(__name__)
 
-STAGE_FUNCTIONS = {
-    "prepare": ("mfspark.prepare", "run_prepare"),
-    "train_als": ("mfspark.models.als.job", "run_train_als"),
-    "evaluate": ("mfspark.evaluation", "run_evaluate"),
-    "build_autoencoder_inputs": ("mfspark.autoencoder", "run_build_autoencoder_inputs"),
-    "report": ("mfspark.report", "run_report"),
-}
-
 
 def stage_function(name: str):
-    module, fn = STAGE_FUNCTIONS[name]
-    return getattr(importlib.import_module(module), fn)
+    """The function the stage ``name`` runs: the same one as its own job (``mfspark.jobs``)."""
+    return jobs.run_function(name)
 
 
 def preflight_pipeline(cfg: Config) -> None:
     """Checks that need no Spark (a missing input path fails before the JVM starts)."""
-    if "prepare" in cfg.pipeline.stages:
-        from mfspark.prepare import preflight_prepare
-
-        preflight_prepare(cfg)
-    if "report" in cfg.pipeline.stages:
-        from mfspark.report import preflight_report
-
-        preflight_report(cfg)
+    stages = list(cfg.pipeline.stages)
+    for i, name in enumerate(stages):
+        check = jobs.preflight_function(name)
+        if check is not None:
+            check(cfg, earlier_stages=tuple(stages[:i]))
 
 
 def run_pipeline(cfg: Config, spark: SparkSession) -> dict:
@@ -70,15 +62,10 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
             f"(cold user {c['test_cold_user']:,}, cold item {c['test_cold_item']:,}); "
             f"rejected {c['rejected']:,}"
         )
-    train = results.get("train_als")
-    if train:
-        t = train["timings"]
-        lines.append(
-            f"  ALS      rank {cfg.als.rank}, {train['iterations']} iterations, "
-            f"{t['median_seconds_per_iteration']:.2f} s/iteration, fit {t['fit_seconds']:.1f} s; "
-            f"train RMSE {train['train_rmse']:.4f}"
-        )
-    if "train_als" in results or "evaluate" in results:
+    trained = [e for e in results.values() if isinstance(e, dict) and "summary" in e and "model" in e]
+    for entry in trained:
+        lines.append(f"  {entry['model']:<8} {entry['summary']}")
+    if trained or "evaluate" in results:
         from mfspark.evaluation import BASE_SEGMENTS, activity_segments, format_summary
 
         order = [
@@ -90,6 +77,19 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
         rows.sort(key=lambda r: (r["model"], rank.get(r["segment"], len(rank)), r["segment"]))
         lines += ["  test metrics (held-out ratings only):"]
         lines += ["    " + line for line in format_summary(rows).splitlines()]
+    rec = results.get("recommend")
+    if rec:
+        from mfspark.recommend import format_ranking
+
+        rows = [
+            {"model": name, "k": rec["k"], "metric": metric, "value": value}
+            for name, info in rec["models"].items()
+            for metric, value in info.get("metrics", {}).items()
+        ]
+        listed = ", ".join(rec["models"])
+        lines.append(f"  top-{rec['k']}  lists for {listed} under {join(out, C.RECOMMENDATIONS)}/")
+        if rows:
+            lines += ["    " + line for line in format_ranking(rows).splitlines()]
     ae = results.get("build_autoencoder_inputs")
     if ae:
         built = ", ".join(cfg.autoencoder.orientations)

@@ -32,13 +32,21 @@ from mfspark import columns as C
 from mfspark.config import Config
 from mfspark.errors import ConfigError, InputError
 from mfspark.indexing import rank_ids_by_group
-from mfspark.io import HadoopFS, join, staged_outputs, update_manifest
+from mfspark.io import (
+    HadoopFS,
+    check_scheme,
+    join,
+    require_committed,
+    scheme_of,
+    staged_outputs,
+)
 from mfspark.readers import (
     SOURCE,
     ParsedRatings,
     check_input_path,
     check_local_input,
     from_typed,
+    read_error,
     read_ratings,
 )
 from mfspark.splits import IS_TEST, assign_test
@@ -65,17 +73,11 @@ class Prepared:
 
     @classmethod
     def load(cls, spark: SparkSession, output: str) -> Prepared:
-        fs = HadoopFS(spark)
-        missing = [p for p in (C.PREPARED_TRAIN, C.PREPARED_TEST) if not fs.exists(join(output, p))]
-        if missing:
-            raise InputError(
-                f"no prepared dataset at {join(output, missing[0])}; run jobs/prepare.py "
-                "with the same output.path first"
-            )
+        """Read ``prepared/*``; refused (:class:`InputError`) unless ``prepare`` committed it."""
+        names = (C.PREPARED_TRAIN, C.PREPARED_TEST, C.PREPARED_USERS, C.PREPARED_ITEMS)
+        require_committed(spark, output, list(names))
         read = lambda name: spark.read.parquet(join(output, name))  # noqa: E731
-        return cls(
-            read(C.PREPARED_TRAIN), read(C.PREPARED_TEST), read(C.PREPARED_USERS), read(C.PREPARED_ITEMS)
-        )
+        return cls(*(read(name) for name in names))
 
 
 def input_fingerprint(spark: SparkSession, paths: list[str]) -> dict:
@@ -159,7 +161,7 @@ def _check_config(cfg: Config, fmt: str) -> None:
             )
 
 
-def preflight_prepare(cfg: Config) -> None:
+def preflight_prepare(cfg: Config, earlier_stages: tuple = ()) -> None:
     """Checks that need no Spark, run before the session starts (a bad path fails in a second).
 
     Local inputs are checked on the local file system; paths on a cluster file system (or any
@@ -168,11 +170,17 @@ def preflight_prepare(cfg: Config) -> None:
     """
     from mfspark.session import under_spark_submit
 
-    _check_config(cfg, cfg.resolved_format)
-    local_master = cfg.spark.master.startswith("local") and not under_spark_submit()
+    submitted = under_spark_submit()
+    if not submitted:  # spark-submit may bring file systems of its own
+        for path, key in input_paths(cfg):
+            check_scheme(path, key, cfg.spark.conf)
+    fmt = cfg.resolved_format
+    _check_config(cfg, fmt)
+    local_master = cfg.spark.master.startswith("local") and not submitted
     for path, key in input_paths(cfg):
-        if path.startswith("file:") or ("://" not in path and local_master):
-            check_local_input(path, key)
+        scheme = scheme_of(path)
+        if scheme == "file" or (scheme is None and local_master):
+            check_local_input(path, key, fmt)
 
 
 def run_prepare(cfg: Config, spark: SparkSession) -> dict:
@@ -190,11 +198,11 @@ def run_prepare(cfg: Config, spark: SparkSession) -> dict:
     paths = input_paths(cfg)
     # Every input problem we can see up front fails before anything is created.
     for p, key in paths:
-        check_input_path(spark, p, key)
+        check_input_path(spark, p, key, fmt)
     timings: dict[str, float] = {}
     cached: list[DataFrame] = []
     try:
-        with staged_outputs(spark, out) as stage:
+        with staged_outputs(spark, out, stage="prepare") as stage:
             t = time.time()
             train_parsed, test_parsed, synthetic = _read_source(spark, cfg, fmt)
             checked = check_rows(train_parsed.df, cfg.data).persist(StorageLevel.MEMORY_AND_DISK)
@@ -268,23 +276,29 @@ def run_prepare(cfg: Config, spark: SparkSession) -> dict:
                 "users": ix.n_users,
                 "items": ix.n_items,
             }
+            timings["total_seconds"] = time.time() - started
+            entry = {
+                "format": fmt,
+                "id_type": train_parsed.id_type.simpleString(),
+                "input": (
+                    {"synthetic": synthetic.metadata}
+                    if synthetic is not None
+                    else input_fingerprint(spark, [p for p, _ in paths])
+                ),
+                "counts": summary,
+                "rejected_by_reason": counts.rejected,
+                "timings": {k: round(v, 3) for k, v in timings.items()},
+            }
+            # Written with the datasets, in the last step of their commit.
+            stage.manifest_entry("prepare", entry, cfg)
+    except Exception as exc:
+        translated = read_error(exc)
+        if translated is not None:
+            raise translated from exc
+        raise
     finally:
         for df in cached:
             df.unpersist()
-    timings["total_seconds"] = time.time() - started
-    entry = {
-        "format": fmt,
-        "id_type": train_parsed.id_type.simpleString(),
-        "input": (
-            {"synthetic": synthetic.metadata}
-            if synthetic is not None
-            else input_fingerprint(spark, [p for p, _ in paths])
-        ),
-        "counts": summary,
-        "rejected_by_reason": counts.rejected,
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
-    update_manifest(spark, out, "prepare", entry, cfg)
     log.info(
         "prepared %s ratings (%s users x %s items): train %s, test %s (cold user %s, cold item %s); "
         "rejected %s; %.1f s",

@@ -35,6 +35,7 @@ from pyspark.sql import types as T
 from mfspark import columns as C
 from mfspark.config import DataConfig
 from mfspark.errors import ConfigError, InputError
+from mfspark.io import local_path
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +100,55 @@ class ParsedRatings:
     raw: dict[str, Column] = field(default_factory=_typed_raw)
 
 
-def detect_format(data: DataConfig) -> str:
-    """Resolve ``data.format = "auto"``: synthetic without a path, else by file name."""
-    if data.format != "auto":
-        return data.format
-    if not data.path:
-        return "synthetic"
-    name = os.path.basename(data.path.rstrip("/")).lower()
+COMPRESSION_SUFFIXES = (".gz", ".bz2")
+
+
+def _strip_compression(name: str) -> str:
+    for suffix in COMPRESSION_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _format_from_name(name: str) -> str | None:
+    """The format a file name tells (``u.data``, ``ratings.dat.bz2``, ``x.csv.gz``), or None."""
+    name = name.lower()
+    if name.endswith((".parquet", ".pq")):  # Spark's parts: part-00000-….snappy.parquet
+        return "parquet"
+    name = _strip_compression(name)
     if name == "u.data" or re.fullmatch(r"u\w*\.(base|test)", name):
         return "movielens-100k"
     if name.endswith(".dat"):
         return "movielens-dat"
-    if name.endswith(".parquet") or name.endswith(".pq"):
-        return "parquet"
     if name.endswith(".csv"):
         return "movielens-csv" if name == "ratings.csv" else "csv"
+    return None
+
+
+def _format_from_parts(path: str) -> str | None:
+    """The format of a local directory of part files, when all its data files tell the same."""
+    local = local_path(path)
+    if local is None or not os.path.isdir(local):
+        return None
+    # Names that tell nothing (notes.txt) do not decide; the checks of the input then name them.
+    found = {_format_from_name(os.path.basename(f)) for f in _local_data_files(local)} - {None}
+    found = {"csv" if fmt == "movielens-csv" else fmt for fmt in found}  # parts are not ratings.csv
+    return found.pop() if len(found) == 1 else None
+
+
+def detect_format(data: DataConfig) -> str:
+    """Resolve ``data.format = "auto"``: synthetic without a path, else by file name.
+
+    A ``.gz``/``.bz2`` suffix is looked through (``u.data.gz``); a local directory of part
+    files (Spark's own output) has the format its data files' names tell.
+    """
+    if data.format != "auto":
+        return data.format
+    if not data.path:
+        return "synthetic"
+    fmt = _format_from_name(os.path.basename(data.path.rstrip("/"))) or _format_from_parts(data.path)
+    if fmt is not None:
+        return fmt
     raise ConfigError(
         f"cannot tell the format of {data.path} from its name; set data.format to one of "
         "movielens-100k, movielens-dat, movielens-csv, csv, parquet"
@@ -124,28 +159,73 @@ def _is_hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
-def check_local_input(path: str, key: str = "data.path") -> None:
+def _local_data_files(directory: str) -> list[str]:
+    """Data files under a local directory: hidden names (``_SUCCESS``, ``.crc``) skipped."""
+    files = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+        files += [os.path.join(root, n) for n in sorted(names) if not _is_hidden(n)]
+    return files
+
+
+GZIP_MAGIC, BZIP2_MAGIC, PARQUET_MAGIC = b"\x1f\x8b", b"BZh", b"PAR1"
+
+
+def content_problem(name: str, fmt: str | None, head: bytes, tail: bytes, size: int) -> str | None:
+    """What is wrong with a data file, judged from its first and last bytes; None if nothing.
+
+    Parquet files start and end with ``PAR1``; gzip and bzip2 files start with their magic
+    numbers. (A compressed file cut short is only seen when it is read: :func:`read_error`.)
+    """
+    if size == 0:
+        return None
+    if fmt == "parquet":
+        if size < 12 or head[:4] != PARQUET_MAGIC or tail[-4:] != PARQUET_MAGIC:
+            return (
+                f"{name} is not a Parquet file; a Parquet input may hold only Parquet files "
+                "(besides _SUCCESS, .crc and hidden files): move it out of the directory"
+            )
+        return None
+    lower = name.lower()
+    if lower.endswith(".gz") and head[:2] != GZIP_MAGIC:
+        return (
+            f"{name} is not a gzip file (no gzip header); replace it with a complete copy, or "
+            "rename it without .gz if it is plain text"
+        )
+    if lower.endswith(".bz2") and head[:3] != BZIP2_MAGIC:
+        return (
+            f"{name} is not a bzip2 file (no bzip2 header); replace it with a complete copy, or "
+            "rename it without .bz2 if it is plain text"
+        )
+    return None
+
+
+def _gzip_start_problem(name: str, head: bytes) -> str | None:
+    """The first bytes of a gzip file must decompress (garbage after a valid header does not)."""
+    import zlib
+
+    try:
+        zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
+    except zlib.error as exc:
+        return f"{name} is a corrupt gzip file ({exc}); replace it with a complete copy"
+    return None
+
+
+def check_local_input(path: str, key: str = "data.path", fmt: str | None = None) -> None:
     """The checks of :func:`check_input_path` on the local file system, without Spark.
 
     Jobs run them before starting Spark so that a wrong path fails at once, in one line.
     """
     if not path:
         raise InputError(f"{key} is empty; set it to a ratings file or directory")
-    local = path[len("file:") :] if path.startswith("file:") else path
-    if local.startswith("//"):  # file:///x
-        local = "/" + local.lstrip("/")
+    local = local_path(path) or path
     matches = sorted(glob.glob(local)) if glob.has_magic(local) else [local]
     matches = [m for m in matches if os.path.exists(m)]
     if not matches:
         raise InputError(f"input not found: {path} ({key}); check the path")
     files = []
     for m in matches:
-        if os.path.isdir(m):
-            for root, dirs, names in os.walk(m):
-                dirs[:] = [d for d in dirs if not _is_hidden(d)]
-                files += [os.path.join(root, n) for n in names if not _is_hidden(n)]
-        else:
-            files.append(m)
+        files += _local_data_files(m) if os.path.isdir(m) else [m]
     if not files:
         raise InputError(f"input has no data files: {path} ({key})")
     unreadable = [f for f in files if not os.access(f, os.R_OK)]
@@ -153,15 +233,39 @@ def check_local_input(path: str, key: str = "data.path") -> None:
         raise InputError(f"input is not readable: {unreadable[0]} ({key}); check its permissions")
     if all(os.path.getsize(f) == 0 for f in files):
         raise InputError(f"input is empty: {path} ({key})")
+    for f in files:
+        size = os.path.getsize(f)
+        with open(f, "rb") as handle:
+            head = handle.read(1 << 16)
+            handle.seek(max(0, size - 4))
+            tail = handle.read(4)
+        problem = content_problem(f, fmt, head, tail, size)
+        if problem is None and fmt != "parquet" and f.lower().endswith(".gz") and size:
+            problem = _gzip_start_problem(f, head)
+        if problem is not None:
+            raise InputError(f"{problem} ({key})")
 
 
-def check_input_path(spark: SparkSession, path: str, key: str = "data.path") -> None:
-    """Fail in one line when ``path`` is missing or holds no data files."""
+# Files whose magic numbers are checked through Hadoop before reading (more are left to the
+# read itself, whose errors :func:`read_error` turns into the same one line).
+MAX_CHECKED_FILES = 1000
+
+
+def check_input_path(
+    spark: SparkSession, path: str, key: str = "data.path", fmt: str | None = None
+) -> None:
+    """Fail in one line when ``path`` is missing, holds no data files, or a file of the wrong kind."""
     from mfspark.io import HadoopFS
 
     if not path:
         raise InputError(f"{key} is empty; set it to a ratings file or directory")
     fs = HadoopFS(spark)
+    problem = fs.scheme_supported(path)
+    if problem is not None:
+        raise InputError(
+            f"cannot open {key}={path}: {problem}; fix the URI, or add the file system's "
+            "connector (e.g. --packages org.apache.hadoop:hadoop-aws for s3a://)"
+        )
     matches = fs.glob(path) if glob.has_magic(path) else [path] if fs.exists(path) else []
     if not matches:
         raise InputError(f"input not found: {path} ({key}); check the path")
@@ -170,6 +274,50 @@ def check_input_path(spark: SparkSession, path: str, key: str = "data.path") -> 
         raise InputError(f"input has no data files: {path} ({key})")
     if all(size == 0 for _, size, _ in files):
         raise InputError(f"input is empty: {path} ({key})")
+    for name, size, _ in files[:MAX_CHECKED_FILES]:
+        if size == 0 or (fmt != "parquet" and not name.lower().endswith(COMPRESSION_SUFFIXES)):
+            continue
+        head = fs.read_bytes(name, 0, 4)
+        tail = fs.read_bytes(name, max(0, size - 4), 4) if fmt == "parquet" else b""
+        problem = content_problem(name, fmt, head, tail, size)
+        if problem is not None:
+            raise InputError(f"{problem} ({key})")
+
+
+_FAILED_READ = (
+    re.compile(r"FAILED_READ_FILE\.(\w+)\] Encountered error while reading file (\S+?)\.?\s"),
+    re.compile(r"(CANNOT_READ_FILE_FOOTER)\] Could not read footer for file: (\S+?)\.?\s"),
+)
+
+
+def read_error(exc: BaseException) -> InputError | None:
+    """The one-line :class:`InputError` for a Spark failure to read an input file, else None.
+
+    Spark reports a file it cannot read (a truncated ``.gz``, a corrupt Parquet part) as
+    ``FAILED_READ_FILE`` naming the file; the deepest cause says what was wrong.
+    """
+    java = getattr(exc, "java_exception", None)
+    text = str(java.toString()) if java is not None else str(exc)
+    m = next((m for m in (p.search(text + " ") for p in _FAILED_READ) if m is not None), None)
+    if m is None:
+        return None
+    kind, name = m.group(1), m.group(2)
+    cause = text.splitlines()[0]
+    while java is not None:
+        cause = str(java.toString()).splitlines()[0]
+        java = java.getCause()
+    cause = re.sub(r"^[\w.$]+(Exception|Error): ", "", cause).strip()
+    lower = name.lower()
+    if lower.endswith(COMPRESSION_SUFFIXES):
+        fix = "the compressed file is cut short or corrupt; replace it with a complete copy"
+    elif kind == "CANNOT_READ_FILE_FOOTER" or lower.endswith(".parquet") or "Parquet" in cause:
+        fix = (
+            "it is not a readable Parquet file; move it out of the input directory or replace "
+            "it with a complete copy"
+        )
+    else:
+        fix = "replace it with a complete copy or move it out of the input"
+    return InputError(f"cannot read {name} ({cause}): {fix}")
 
 
 def _split_header(text: str, delimiter: str) -> tuple[str, ...]:
@@ -389,7 +537,8 @@ def read_ratings(
 ) -> ParsedRatings:
     """Read one ratings input of format ``fmt`` (not synthetic); ``check`` its path first."""
     if check:
-        check_input_path(spark, path, "data.test_path" if path == data.test_path else "data.path")
+        key = "data.test_path" if path == data.test_path else "data.path"
+        check_input_path(spark, path, key, fmt)
     if fmt == "parquet":
         return read_parquet_ratings(spark, data, path)
     if fmt in TEXT_FORMATS:

@@ -66,3 +66,14 @@ def prepared_frames(
         spark.createDataFrame(users, entity(C.USER_ID, C.USER_IDX)),
         spark.createDataFrame(items, entity(C.ITEM_ID, C.ITEM_IDX)),
     )
+
+
+def write_prepared(spark, out: str, frames) -> None:
+    """Commit (train, test, users, items) as ``prepared/*`` the way the prepare stage does, so
+    stages that read only committed inputs accept them."""
+    from mfspark.io import staged_outputs
+
+    names = (C.PREPARED_TRAIN, C.PREPARED_TEST, C.PREPARED_USERS, C.PREPARED_ITEMS)
+    with staged_outputs(spark, out, stage="prepare") as stage:
+        for df, name in zip(frames, names, strict=True):
+            stage.write(df, name)

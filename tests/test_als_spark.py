@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import os
 
+import leaks
 import numpy as np
 import pandas as pd
 import pytest
+from leaks import leftover_dirs, persistent_rdds
 
 from mfspark.errors import MfsparkError
 from mfspark.models.als.spark import SparkBlockSolver, check_broadcast_size
 from mfspark.models.als.train import ALSParams, LocalSolver, run_als
 from mfspark.models.factor_model import FactorModel
+
+stores = leaks.stores  # the fixture recording every BlockStore a test creates
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +159,7 @@ def test_broadcast_guard_names_size_and_remedy():
     check_broadcast_size(138_493, 26_744, 10, 2048)
 
 
-def test_estimator_in_pipeline_crossvalidator_with_string_ids(spark, tmp_path):
+def test_estimator_in_pipeline_crossvalidator_with_string_ids(spark, tmp_path, stores):
     import pyspark
     from pyspark.ml import Pipeline, PipelineModel
     from pyspark.ml.evaluation import RegressionEvaluator
@@ -182,7 +186,11 @@ def test_estimator_in_pipeline_crossvalidator_with_string_ids(spark, tmp_path):
         numFolds=2,
         seed=3,
     )
+    before = persistent_rdds(spark)
     cv_model = cv.fit(data)
+    # 2 x 2 grid x 2 folds + the refit: nothing stays cached, no block files stay behind.
+    assert len(stores) == 9 and leftover_dirs(spark, stores) == []
+    assert persistent_rdds(spark) == before
     assert len(cv_model.avgMetrics) == 4 and all(np.isfinite(cv_model.avgMetrics))
     best = cv_model.bestModel
     predictions = best.transform(data).toPandas()

@@ -26,6 +26,7 @@ from mfspark.autoencoder import (
     run_build_autoencoder_inputs,
 )
 from mfspark.config import load_config
+from mfspark.io import staged_outputs
 
 N_USERS, N_ITEMS = 50, 30
 USER_ID0, ITEM_ID0 = 1000, 500  # ids differ from idx, so the id attached to each row is checked
@@ -47,8 +48,9 @@ def random_ratings(seed: int = 5):
 def write_prepared(spark, out: str, train: pd.DataFrame, test: pd.DataFrame) -> None:
     frames = prepared_frames(spark, train, test, N_USERS, N_ITEMS, USER_ID0, ITEM_ID0)
     paths = (C.PREPARED_TRAIN, C.PREPARED_TEST, C.PREPARED_USERS, C.PREPARED_ITEMS)
-    for frame, path in zip(frames, paths, strict=True):
-        frame.write.parquet(f"{out}/{path}")
+    with staged_outputs(spark, out, stage="prepare") as stage:  # committed, as prepare does
+        for frame, path in zip(frames, paths, strict=True):
+            stage.write(frame, path)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""jobs/benchmark.py end to end on a small planted problem: all three systems, one table."""
+"""jobs/benchmark.py end to end on a small planted problem: all four systems, one table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mfspark.benchmark import run_benchmark
 from mfspark.config import load_config
 
 
-def test_benchmark_runs_three_systems_on_one_split(spark, tmp_path, capsys):
+def test_benchmark_runs_every_system_on_one_split(spark, tmp_path, capsys):
     out = str(tmp_path / "bench")
     cfg = load_config(
         None,
@@ -26,12 +26,15 @@ def test_benchmark_runs_three_systems_on_one_split(spark, tmp_path, capsys):
             "als.reg=4.0",
             "benchmark.tune=false",  # tune() has its own test; this one keeps the suite short
             "benchmark.mllib_reg=0.1",
+            'benchmark.systems=["mllib", "mfspark", "numpy", "bpmf"]',
+            "bpmf.burn_in=1",
+            "bpmf.samples=4",
             f"output.path={out}",
         ],
     )
     entry = run_benchmark(cfg, spark)
     table = spark.read.parquet(f"{out}/{C.BENCHMARK}").toPandas().set_index("system")
-    assert sorted(table.index) == ["mfspark", "mllib", "numpy"]
+    assert sorted(table.index) == ["bpmf", "mfspark", "mllib", "numpy"]
     assert (table["rank"] == 3).all() and (table["iterations"] == 4).all()
     # numpy runs mfspark's arithmetic in one process: the same model, the same test error
     assert table.loc["numpy", "test_rmse"] == pytest.approx(table.loc["mfspark", "test_rmse"], abs=1e-6)
@@ -40,7 +43,9 @@ def test_benchmark_runs_three_systems_on_one_split(spark, tmp_path, capsys):
     # the planted truth and the oracle floor bound every system from below
     truth, floor = entry["planted_truth_test_rmse"], entry["oracle_floor_test_rmse"]
     assert truth < floor < table["test_rmse"].min()
-    timed = table.loc[["mfspark", "numpy"], ["setup_seconds", "seconds_per_iteration", "fit_seconds"]]
+    timed = table.loc[
+        ["mfspark", "numpy", "bpmf"], ["setup_seconds", "seconds_per_iteration", "fit_seconds"]
+    ]
     assert np.isfinite(timed.to_numpy(dtype=float)).all()
     # without the Spark UI (as in tests) MLlib's set-up cannot be separated from its fit
     assert table.loc["mllib", "fit_seconds"] > 0 and table.loc["mllib", "seconds_per_iteration"] > 0
@@ -63,3 +68,36 @@ def test_tune_extends_the_grid_past_an_edge():
     assert best == 120.0 and len(scores) == 7
     best, _ = tune([50.0, 100.0, 200.0], score, "test", "grid")  # interior: no extension
     assert best == 100.0 and calls[-1] == 200.0 and len(calls) == 10
+
+
+def test_benchmark_times_top_k_for_all_users_against_mllib(spark, tmp_path, capsys):
+    out = str(tmp_path / "bench")
+    cfg = load_config(
+        None,
+        [
+            "data.format=synthetic",
+            "synthetic.n_users=120",
+            "synthetic.n_items=60",
+            "synthetic.n_ratings=2000",
+            "synthetic.rank=2",
+            "als.rank=2",
+            "als.max_iter=2",
+            'benchmark.systems=["mllib", "mfspark"]',
+            "benchmark.tune=false",
+            "benchmark.recommend=true",
+            "recommend.k=5",
+            "recommend.num_blocks=3",
+            f"output.path={out}",
+        ],
+    )
+    entry = run_benchmark(cfg, spark)
+    table = spark.read.parquet(f"{out}/benchmark_recommend").toPandas()
+    assert list(zip(table["system"], table["exclude_seen"], strict=True)) == [
+        ("mllib", False),
+        ("mfspark", False),
+        ("mfspark", True),
+    ]
+    n_train_users = spark.read.parquet(f"{out}/{C.PREPARED_TRAIN}").select(C.USER_IDX).distinct().count()
+    assert (table["n_users"] == n_train_users).all() and (table["k"] == 5).all()
+    assert (table["seconds"] > 0).all() and len(entry["recommend"]) == 3
+    assert "top-5 lists for every user" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from prepared_data import prepared_frames as shared_prepared_frames
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mfspark import columns as C
@@ -23,7 +24,7 @@ from mfspark.evaluation import (
     summarize_predictions,
     write_summary,
 )
-from mfspark.io import read_manifest, staged_outputs, update_manifest
+from mfspark.io import read_manifest, staged_outputs
 
 USER_ID0, ITEM_ID0 = 100, 10  # original ids differ from idx, so an id join is really tested
 
@@ -350,29 +351,48 @@ def test_evaluate_job_scores_predictions_and_reconstructions(spark, hand, tmp_pa
     """The job file end to end (one subprocess), then in-process for the reconstruction path."""
     train, test, users, items = hand
     out = str(tmp_path / "out")
-    for df, name in (
-        (train, C.PREPARED_TRAIN),
-        (test, C.PREPARED_TEST),
-        (users, C.PREPARED_USERS),
-        (items, C.PREPARED_ITEMS),
-    ):
-        df.write.parquet(f"{out}/{name}")
-    hand_predictions(spark).write.parquet(f"{out}/{C.PREDICTIONS}")
+    # Committed as the stages commit them: the job reads only committed inputs.
+    with staged_outputs(spark, out, stage="prepare") as stage:
+        for df, name in (
+            (train, C.PREPARED_TRAIN),
+            (test, C.PREPARED_TEST),
+            (users, C.PREPARED_USERS),
+            (items, C.PREPARED_ITEMS),
+        ):
+            stage.write(df, name)
+    # two models' partitions of predictions/: the job scores both
+    with staged_outputs(spark, out, stage="train_als") as stage:
+        stage.write(hand_predictions(spark), C.predictions_dir("als"))
+    with staged_outputs(spark, out, stage="train_zero") as stage:
+        zero = hand_predictions(spark).withColumn(C.PREDICTION, F.lit(0.0))
+        stage.write(zero, C.predictions_dir("zero"))
     overrides = [
         f"output.path={out}",
         "spark.master=local[1]",
         "spark.conf.spark.ui.enabled=false",
         "evaluate.activity_buckets=[1, 3]",
     ]
-    # Without evaluate.model_name, <output>/predictions is named after the model the manifest
-    # records for it (the ALS job writes {"model": "mfspark_als"}).
-    update_manifest(spark, out, "train_als", {"model": "mfspark_als"})
     result = run_job("evaluate", *[arg for kv in overrides for arg in ("--set", kv)])
     assert result.returncode == 0, result.stderr[-3000:]
     summary = [r.asDict() for r in spark.read.parquet(f"{out}/{C.METRICS_SUMMARY}").collect()]
-    assert_summary(summary, HAND_EXPECTED, "mfspark_als")
+    assert_summary([r for r in summary if r["model"] == "als"], HAND_EXPECTED, "als")
+    ratings = HAND_TEST[C.RATING].to_numpy()
+    zero_all = next(r for r in summary if r["model"] == "zero" and r["segment"] == "all")
+    # the hand predictions cover the first 7 test rows (row 8 has none)
+    assert zero_all["rmse"] == pytest.approx(math.sqrt(np.mean(ratings[:7] ** 2)), abs=1e-12)
 
-    # In-process, a reconstruction dataset: the rows of mfspark_als are kept beside it.
+    # In-process: one named model is rescored (the other's rows are kept), and a model that
+    # has no predictions is an error naming the models there.
+    cfg = load_config(None, [*overrides[:1], "evaluate.model_name=als", overrides[-1]])
+    assert list(run_evaluate(cfg, spark)["models"]) == ["als"]
+    assert {r.model for r in spark.read.parquet(f"{out}/{C.METRICS_SUMMARY}").collect()} == {
+        "als",
+        "zero",
+    }
+    with pytest.raises(InputError, match="no predictions of model 'bpmf'.*models there: als, zero"):
+        run_evaluate(load_config(None, [overrides[0], "evaluate.model_name=bpmf"]), spark)
+
+    # In-process, a reconstruction dataset: the rows of both models are kept beside it.
     recon = np.zeros((4, 5), np.float32)  # users × items: predicts 0 everywhere
     spark.createDataFrame(
         [(uu, recon[uu].tolist()) for uu in range(4)], [C.USER_IDX, C.RECONSTRUCTION]
@@ -386,15 +406,15 @@ def test_evaluate_job_scores_predictions_and_reconstructions(spark, hand, tmp_pa
             "evaluate.activity_buckets=[1, 3]",
         ],
     )
-    result = run_evaluate(cfg, spark)
-    ratings = HAND_TEST[C.RATING].to_numpy()
+    result = run_evaluate(cfg, spark)["models"]["recon_zero"]
     all_row = next(r for r in result["segments"] if r["segment"] == "all")
     assert all_row["rmse"] == pytest.approx(math.sqrt(np.mean(ratings**2)), abs=1e-12)
     summary = spark.read.parquet(f"{out}/{C.METRICS_SUMMARY}").collect()
-    assert sorted({r.model for r in summary}) == ["mfspark_als", "recon_zero"]
+    assert sorted({r.model for r in summary}) == ["als", "recon_zero", "zero"]
     assert set(read_manifest(spark, out)["stages"]["evaluate"]["models"]) == {
-        "mfspark_als",
+        "als",
         "recon_zero",
+        "zero",
     }
 
     missing = load_config(None, [f"output.path={tmp_path}/nowhere"])

@@ -16,16 +16,32 @@ def seeded_normal(seed: int, entity_idx: np.ndarray, dim: int, std: float) -> np
     A counter-based generator (splitmix64 of the cell's coordinates, then Box-Muller), so an
     entity gets the same start whatever block or partition it lands in.
     """
+    with np.errstate(over="ignore"):
+        key = np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+    return (std * _standard_normal(key, entity_idx, dim)).astype(np.float32)
+
+
+def keyed_normal(seed: int, stream: int, entity_idx: np.ndarray, dim: int) -> np.ndarray:
+    """Standard-normal draws (float64, shape (n, dim)) that depend only on (seed, stream,
+    entity, dimension): a sampler keys ``stream`` by its sweep and side, so every entity gets
+    the same noise in a sweep whatever block or partition it is drawn in, and different
+    streams (or seeds) give independent draws."""
+    with np.errstate(over="ignore"):
+        key = _splitmix64(
+            np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ _splitmix64(np.uint64(stream & 0xFFFFFFFFFFFFFFFF))
+        )
+    return _standard_normal(key, entity_idx, dim)
+
+
+def _standard_normal(key: np.uint64, entity_idx: np.ndarray, dim: int) -> np.ndarray:
     idx = np.asarray(entity_idx, dtype=np.uint64)[:, None]
     dims = np.arange(dim, dtype=np.uint64)[None, :]
     with np.errstate(over="ignore"):
-        base = (idx * np.uint64(2 * dim) + dims * np.uint64(2)) ^ (
-            np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
-        )
+        base = (idx * np.uint64(2 * dim) + dims * np.uint64(2)) ^ key
         u1 = _to_unit(_splitmix64(base))
         u2 = _to_unit(_splitmix64(base + np.uint64(1)))
     radius = np.sqrt(-2.0 * np.log1p(-u1))  # u1 in [0, 1): log1p(-u1) is finite
-    return (std * radius * np.cos(2.0 * np.pi * u2)).astype(np.float32)
+    return radius * np.cos(2.0 * np.pi * u2)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

@@ -181,6 +181,7 @@ class NormalEquations:
     rhs: np.ndarray  # (n, k+1): b_i
     counts: np.ndarray  # (n,) ratings per row
     target_sq: float  # Σ t_ij² over the chunk's ratings
+    row_target_sq: np.ndarray | None  # (n,) Σ_j t_ij² per row, when asked for (row_sums)
 
 
 def normal_equations(
@@ -190,11 +191,13 @@ def normal_equations(
     global_mean: float,
     dtype=np.float32,
     chunk_rows: int = CHUNK_ROWS,
+    row_sums: bool = False,
 ) -> Iterator[NormalEquations]:
     """G_i and b_i (module docstring) for every row of ``block``, chunk by chunk.
 
     ``dtype`` is the precision of the sparse products (float32 is ~2x faster); the returned
-    arrays are float64, ready for a solve or a Cholesky factorisation.
+    arrays are float64, ready for a solve or a Cholesky factorisation. ``row_sums`` also
+    returns Σ_j t_ij² per row (one more sparse product), for a per-row squared error.
     """
     k = fixed_factors.shape[1]
     dim = k + 1
@@ -207,6 +210,7 @@ def normal_equations(
     outer = np.zeros((n_fixed, n_packed), dtype=dtype)  # P: row j = upper triangle of ũ_j ũ_jᵀ
     np.multiply(u_aug[:, iu], u_aug[:, ju], out=outer[:, : len(iu)])
     bias = fixed_bias.astype(dtype, copy=False)
+    unit = np.ones((n_fixed, 1), dtype=dtype)  # sums t² per row (a contiguous dense operand)
     mean = dtype(global_mean)
     counts = block.counts()
     ones = np.ones(int(np.max(np.diff(block.indptr[:, [0, -1]], axis=1), initial=0)), dtype)
@@ -215,7 +219,8 @@ def normal_equations(
         n = stop - start
         gram_packed = np.zeros((n, n_packed), dtype=dtype)
         rhs = np.zeros((n, n_aug), dtype=dtype)
-        target_sq = 0.0  # Σ t² over the chunk: only the total is needed
+        row_sq = np.zeros((n, 1), dtype=dtype)
+        target_sq = 0.0  # Σ t² over the chunk
         for t in range(block.n_tiles):
             a, b, ptr = block.tile(t, start, stop)
             if a == b:
@@ -228,9 +233,17 @@ def normal_equations(
             target -= np.take(bias[first:last], cols)
             _accumulate(gram_packed, ptr, cols, ones[: b - a], outer[first:last])
             _accumulate(rhs, ptr, cols, target, u_aug[first:last])
+            if row_sums:
+                _accumulate(row_sq, ptr, cols, target * target, unit[first:last])
             target_sq += float(np.einsum("i,i->", target, target, dtype=np.float64))
         gram = np.empty((n, dim, dim))
         gram.reshape(n, dim * dim)[:] = np.take(gram_packed, full, axis=1)  # 4x faster than [:, full]
         yield NormalEquations(
-            start, stop, gram, rhs[:, :dim].astype(np.float64), counts[start:stop], target_sq
+            start,
+            stop,
+            gram,
+            rhs[:, :dim].astype(np.float64),
+            counts[start:stop],
+            target_sq,
+            row_sq[:, 0].astype(np.float64) if row_sums else None,
         )

@@ -215,11 +215,20 @@ def _build_fn(width: int, num_user_blocks: int, store_dir: str | None):
     return build
 
 
-def _remove_fn():
-    def remove(token: dict) -> None:
-        shutil.rmtree(os.path.dirname(token["dir"]), ignore_errors=True)
+def _sweep_fn(store_dir: str, recorded: dict[str, list[str]]):
+    """A removal task: delete this executor's ``store_dir`` and every recorded block directory
+    on this host (executors of one host share its disks); report (host, what remains)."""
 
-    return remove
+    def sweep(_):
+        host = socket.gethostname()
+        targets = [os.path.join(_local_root(), store_dir)] + [
+            os.path.dirname(d) for d in recorded.get(host, [])
+        ]
+        for path in targets:
+            shutil.rmtree(path, ignore_errors=True)
+        yield host, [path for path in targets if os.path.exists(path)]
+
+    return sweep
 
 
 def _run_stored_fn(side: str, block_fn, payload):
@@ -229,7 +238,9 @@ def _run_stored_fn(side: str, block_fn, payload):
             if block is None:
                 yield {"missing": token["block"]}
             else:
-                yield _timed(block_fn, side, *block, payload)
+                out = _timed(block_fn, side, token["block"], *block, payload)
+                out["stored_at"] = (token["host"], token["dir"])  # a recomputed token moves
+                yield out
 
     return run
 
@@ -237,18 +248,19 @@ def _run_stored_fn(side: str, block_fn, payload):
 def _run_packed_fn(side: str, block_fn, payload):
     def run(blocks):
         for block in blocks:
-            yield _timed(block_fn, side, block["train"], block["test"], payload)
+            yield _timed(block_fn, side, block["block"], block["train"], block["test"], payload)
 
     return run
 
 
-def _timed(block_fn, side, train, test, payload) -> dict:
+def _timed(block_fn, side, block_id, train, test, payload) -> dict:
     from mfspark.session import worker_single_thread
 
     worker_single_thread()
     started = time.perf_counter()
     out = block_fn(side, train, test, payload.value)
     out["seconds"] = time.perf_counter() - started
+    out["block"] = block_id
     return out
 
 
@@ -297,12 +309,24 @@ class BlockStore:
         self.tokens = shuffled.mapPartitionsWithIndex(
             _build_fn(width, n_user_blocks, self.store_dir)
         ).persist(StorageLevel.MEMORY_ONLY)
-        tokens = self.tokens.collect()
+        #: (host, directory) of every stored block seen so far: what close() must remove.
+        self.locations: set[tuple[str, str]] = set()
+        try:
+            self._set_up(self.tokens.collect(), n_users, n_items, started)
+        except BaseException:
+            self.close()  # blocks may already be stored: a failed set-up leaves nothing behind
+            raise
+
+    def _set_up(self, tokens: list[dict], n_users: int, n_items: int, started: float) -> None:
+        self.locations.update((t["host"], t["dir"]) for t in tokens)
         self.counts = {
             side: np.zeros(n, dtype=np.int64) for side, n in ((USER, n_users), (ITEM, n_items))
         }
+        #: Each block's rows (global indices) in the order its results come back.
+        self.block_rows: dict[str, dict[int, np.ndarray]] = {USER: {}, ITEM: {}}
         for token in tokens:
             self.counts[token["side"]][token["rows"]] = token["counts"]
+            self.block_rows[token["side"]][token["block"]] = token["rows"]
         per_block = [t for t in tokens if t["side"] == ITEM]
         self.n_train = int(self.counts[ITEM].sum())
         if not self.n_train:
@@ -338,6 +362,7 @@ class BlockStore:
             parts = sc.runJob(
                 self.tokens, _run_stored_fn(side, block_fn, broadcast), self.partitions[side]
             )
+            self.locations.update(p.pop("stored_at") for p in parts if "stored_at" in p)
             missing = [p["missing"] for p in parts if "missing" in p]
             if missing:
                 log.warning(
@@ -354,9 +379,46 @@ class BlockStore:
             broadcast.destroy()
         return parts
 
-    def close(self) -> None:
-        """Delete the stored blocks and drop the cached tokens."""
+    def rows_of(self, side: str, parts: list[dict]) -> np.ndarray:
+        """The rows of ``parts`` (results of :meth:`run`), concatenated in their order."""
+        rows = [self.block_rows[side][p["block"]] for p in parts]
+        return np.concatenate(rows) if rows else np.empty(0, np.int32)
+
+    def close(self, max_rounds: int = 5) -> None:
+        """Delete the stored blocks on every host that holds some, and drop the cached tokens.
+
+        Removal runs as plain tasks (not over the cached tokens, whose recomputation would
+        store blocks again): each deletes the store directory under its executor's local
+        root and every recorded block directory of its host. Tasks land wherever the
+        scheduler puts them, so rounds with more tasks are run until every host that holds
+        blocks has reported; a host not reached is logged with its directories.
+        """
+        sc = self.spark.sparkContext
         try:
-            self.tokens.foreach(_remove_fn())
+            recorded: dict[str, list[str]] = {}
+            for host, directory in self.locations:
+                recorded.setdefault(host, []).append(directory)
+            pending = set(recorded)
+            executors = max(1, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
+            tasks = max(executors, sc.defaultParallelism)
+            for _ in range(max_rounds):
+                reports = (
+                    sc.parallelize(range(tasks), tasks)
+                    .mapPartitions(_sweep_fn(self.store_dir, recorded))
+                    .collect()
+                )
+                for host, remaining in reports:
+                    if remaining:
+                        log.warning("could not remove block files on %s: %s", host, remaining)
+                    pending.discard(host)
+                if not pending:
+                    break
+                tasks *= 2
+            if pending:
+                log.warning(
+                    "no removal task reached host(s) %s; their block files remain: %s",
+                    sorted(pending),
+                    [d for h in sorted(pending) for d in recorded[h]],
+                )
         finally:
             self.tokens.unpersist()

@@ -1,6 +1,6 @@
 """A fitted biased-MF model as Parquet, and predictions for any (user, item) DataFrame.
 
-Layout (DESIGN.md section 3), under a model directory (``<output>/model`` for the jobs):
+Layout, under a model directory (``<output>/models/<model>`` for the jobs):
 
 * ``user_factors`` — ``user_id``, ``user_idx``, ``bias`` (double), ``factors`` (array<float>),
   ``n_train`` (training ratings; 0 for an entity indexed from test rows only)
@@ -15,12 +15,18 @@ item the model has not seen (or saw without training ratings) contributes bias 0
 the default). ``"nan"`` gives NaN for such rows and ``"drop"`` removes them, as Spark's ALS.
 
 Prediction runs in ``mapInArrow`` with the factors broadcast (vectorised numpy per Arrow
-batch); nothing but the factor tables ever goes through the driver.
+batch); nothing but the factor tables ever goes through the driver. A model makes that
+broadcast once, on its first prediction, and shares it among all its prediction DataFrames;
+since those are lazy, the broadcast must outlive them: :meth:`FactorModel.release` (or leaving
+a ``with model:`` block) destroys it once the predictions have been written. An unreleased
+broadcast lives until the Spark session stops (one per model, never one per call).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +39,8 @@ from mfspark import columns as C
 from mfspark.errors import InputError
 from mfspark.io import HadoopFS, join
 from mfspark.models.factors import BiasedMF, predict
+
+log = logging.getLogger(__name__)
 
 COLD_START_STRATEGIES = ("fallback", "nan", "drop")
 METADATA_FIELDS = (
@@ -113,7 +121,7 @@ class FactorModel:
         )
         return spark.createDataFrame([tuple(row[n] for n, _ in METADATA_FIELDS)], METADATA_SCHEMA)
 
-    def write(self, writer, prefix: str = "model") -> None:
+    def write(self, writer, prefix: str = "models/als") -> None:
         """Write through a :class:`mfspark.io.StagedWriter` (atomic with the stage)."""
         spark = self.users.sparkSession
         users, items = self.factor_frames(spark)
@@ -136,7 +144,7 @@ class FactorModel:
         for name in ("user_factors", "item_factors", "metadata"):
             if not fs.exists(join(path, name)):
                 raise InputError(
-                    f"no model at {path} ({name} missing); train one with jobs/train_als.py"
+                    f"no model at {path} ({name} missing); train one first (e.g. jobs/train_als.py)"
                 )
         meta = spark.read.parquet(join(path, "metadata")).first().asDict()
         users_df = spark.read.parquet(join(path, "user_factors"))
@@ -152,6 +160,45 @@ class FactorModel:
         )
 
     # -- prediction --------------------------------------------------------------------
+    def _broadcast(self, spark: SparkSession):
+        """The parameters as one broadcast, made on first use and shared by every prediction
+        DataFrame of this model until :meth:`release`."""
+        bc = self.__dict__.get("_prediction_broadcast")
+        if bc is None:
+            p = self.params
+            bc = spark.sparkContext.broadcast(
+                (
+                    float(p.global_mean),
+                    np.asarray(p.user_factors, np.float32),
+                    np.asarray(p.user_bias, np.float64),
+                    np.asarray(p.item_factors, np.float32),
+                    np.asarray(p.item_bias, np.float64),
+                    self.clip,
+                    _trained(p.user_counts, len(p.user_bias)),
+                    _trained(p.item_counts, len(p.item_bias)),
+                )
+            )
+            self.__dict__["_prediction_broadcast"] = bc
+            # A model dropped unreleased (e.g. by CrossValidator) frees the executors' copies;
+            # unpersist, not destroy: a prediction DataFrame still alive gets it re-sent.
+            self.__dict__["_broadcast_finalizer"] = weakref.finalize(self, _unpersist_quietly, bc)
+        return bc
+
+    def release(self) -> None:
+        """Destroy the broadcast that prediction DataFrames read (driver file and executor
+        copies). Call it once the predictions built so far have been computed (written,
+        collected); prediction DataFrames built afterwards get a fresh broadcast."""
+        bc = self.__dict__.pop("_prediction_broadcast", None)
+        if bc is not None:
+            self.__dict__.pop("_broadcast_finalizer").detach()
+            bc.destroy()
+
+    def __enter__(self) -> FactorModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
     def predict_indexed(
         self,
         df: DataFrame,
@@ -163,20 +210,7 @@ class FactorModel:
         """Add ``prediction`` to a DataFrame with (nullable) dense index columns."""
         if cold_start not in COLD_START_STRATEGIES:
             raise ValueError(f"cold_start must be one of {COLD_START_STRATEGIES}, got {cold_start!r}")
-        spark = df.sparkSession
-        p = self.params
-        bc = spark.sparkContext.broadcast(
-            (
-                float(p.global_mean),
-                np.asarray(p.user_factors, np.float32),
-                np.asarray(p.user_bias, np.float64),
-                np.asarray(p.item_factors, np.float32),
-                np.asarray(p.item_bias, np.float64),
-                self.clip,
-                _trained(p.user_counts, len(p.user_bias)),
-                _trained(p.item_counts, len(p.item_bias)),
-            )
-        )
+        bc = self._broadcast(df.sparkSession)
         nan_cold = cold_start != "fallback"
         schema = T.StructType(df.schema.fields + [T.StructField(prediction, T.DoubleType(), True)])
 
@@ -218,6 +252,13 @@ class FactorModel:
         )
         out = self.predict_indexed(joined, "__uidx", "__iidx", prediction, cold_start)
         return out.drop("__uidx", "__iidx")
+
+
+def _unpersist_quietly(bc) -> None:
+    try:
+        bc.unpersist()
+    except Exception:  # the session may have stopped already; nothing left to free then
+        log.debug("broadcast %s already gone", bc)
 
 
 def _id_match(left, right):

@@ -748,7 +748,7 @@ def non_default_settings(stages: dict) -> list[tuple[str, str, list[str]]]:
 # The stage
 
 
-def preflight_report(cfg: Config) -> None:
+def preflight_report(cfg: Config, earlier_stages: tuple = ()) -> None:
     """Checks before Spark starts: the item file, when one is given."""
     from mfspark.report.items import preflight_items
 

@@ -1,8 +1,7 @@
 """The train_als stage: prepared train/test → blocked biased ALS → model, predictions, metrics.
 
-Writes (atomically, as one stage) ``model/*``, ``predictions`` (one row per test rating:
-``user_id``, ``item_id``, ``user_idx``, ``item_idx``, ``rating``, ``prediction``,
-``cold_user``, ``cold_item``), ``metrics/history`` and this model's rows of
+Writes (atomically, as one stage; :mod:`mfspark.models.outputs`) ``models/als/``,
+``predictions/model=als/``, and this model's rows of ``metrics/history`` and
 ``metrics/summary``, and records the run in ``manifest.json``.
 """
 
@@ -16,16 +15,19 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mfspark import columns as C
+from mfspark.checkpoint import Checkpointer, checkpoint_root
 from mfspark.config import Config
-from mfspark.io import staged_outputs, update_manifest
+from mfspark.errors import ConfigError
+from mfspark.io import HadoopFS, read_manifest, update_manifest
 from mfspark.models.als.spark import SparkBlockSolver, check_broadcast_size
-from mfspark.models.als.train import ALSParams, ALSResult, run_als
+from mfspark.models.als.train import ALSParams, ALSResult, ALSState, run_als
 from mfspark.models.factor_model import FactorModel
+from mfspark.models.outputs import write_model_stage
 from mfspark.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "mfspark_als"
+MODEL_NAME = "als"  # also the checkpoint directory: <output.path>/checkpoints/als/
 
 
 def fit_prepared(
@@ -51,13 +53,11 @@ def fit_prepared(
         (float(bounds[0]), float(bounds[1])) if als.clip_predictions and bounds[0] is not None else None
     )
     params = ALSParams.from_config(als, clip=clip)
-    solver = SparkBlockSolver(
+    with SparkBlockSolver(
         spark, train, test, n_users, n_items, params, als.num_user_blocks, als.num_item_blocks
-    )
-    try:
-        result = run_als(solver, params, name)
-    finally:
-        solver.close()
+    ) as solver:
+        start, on_iteration = checkpointing(spark, cfg, solver, clip)
+        result = run_als(solver, params, name, start, on_iteration)
     metadata = {
         "reg": als.reg,
         "reg_bias": als.reg_bias,
@@ -77,6 +77,75 @@ def fit_prepared(
     return model, result, solver.setup_seconds
 
 
+#: Settings that may differ between a checkpoint and its resumed run.
+RESUMABLE_KEYS = ("max_iter", "resume", "checkpoint_interval")
+
+
+def checkpoint_fingerprint(spark: SparkSession, cfg: Config, solver, clip) -> dict:
+    """What the training state depends on: the settings (``als`` but for
+    :data:`RESUMABLE_KEYS`, and the ``data``/``split``/``synthetic`` settings that made the
+    prepared data) and facts of the prepared data itself (sizes, global mean, the input
+    files' fingerprint recorded by ``prepare``)."""
+    settings = cfg.to_dict()
+    fingerprint = {
+        f"{section}.{key}": value
+        for section in ("als", "data", "split", "synthetic")
+        for key, value in settings[section].items()
+        if not (section == "als" and key in RESUMABLE_KEYS)
+    }
+    prepare = read_manifest(spark, cfg.output.path).get("stages", {}).get("prepare", {})
+    fingerprint.update(
+        {
+            "prepared.n_users": solver.n_users,
+            "prepared.n_items": solver.n_items,
+            "prepared.n_train": solver.n_train,
+            "prepared.n_test": solver.n_test,
+            "prepared.global_mean": solver.global_mean,
+            "prepared.clip": list(clip) if clip else None,
+            "prepared.input": prepare.get("input"),
+            "prepared.counts": prepare.get("counts"),
+        }
+    )
+    return fingerprint
+
+
+def checkpointing(spark: SparkSession, cfg: Config, solver, clip):
+    """(state to start from or None, per-iteration callback or None) for ``als.resume`` and
+    ``als.checkpoint_interval``; refuses a checkpoint made with other settings or data."""
+    als = cfg.als
+    if not als.checkpoint_interval and not als.resume:
+        return None, None
+    checkpointer = Checkpointer(
+        spark,
+        checkpoint_root(cfg.output.path, MODEL_NAME),
+        checkpoint_fingerprint(spark, cfg, solver, clip),
+    )
+    start = None
+    if als.resume:
+        found = checkpointer.load()
+        if found is None:
+            log.warning("als.resume: no checkpoint under %s; training from the start", checkpointer.root)
+        else:
+            checkpointer.check_compatible(found)
+            if found.iteration > als.max_iter:
+                raise ConfigError(
+                    f"cannot resume from {found.path}: it is past iteration {found.iteration}, "
+                    f"beyond als.max_iter={als.max_iter}; raise als.max_iter or start afresh"
+                )
+            start = ALSState.restore(found.arrays, found.state)
+            log.info("resuming ALS from the checkpoint of iteration %d", found.iteration)
+    else:
+        checkpointer.clear()  # a fresh run: older checkpoints describe another run
+    if not als.checkpoint_interval:
+        return start, None
+
+    def save(state: ALSState) -> None:
+        if state.iteration % als.checkpoint_interval == 0:
+            checkpointer.save(state.iteration, state.arrays(), state.scalars())
+
+    return start, save
+
+
 def history_frame(spark: SparkSession, result: ALSResult, name: str = MODEL_NAME) -> DataFrame:
     rows = [
         (name, h.iteration, h.train_rmse, h.test_rmse, h.objective, h.seconds) for h in result.history
@@ -85,8 +154,6 @@ def history_frame(spark: SparkSession, result: ALSResult, name: str = MODEL_NAME
 
 
 def run_train_als(cfg: Config, spark: SparkSession) -> dict:
-    from mfspark.evaluation import summarize_predictions, write_summary
-
     started = time.time()
     out = cfg.output.path
     prepared = Prepared.load(spark, out)
@@ -100,32 +167,42 @@ def run_train_als(cfg: Config, spark: SparkSession) -> dict:
     predictions = model.predict_indexed(test).select(
         C.USER_ID, C.ITEM_ID, C.USER_IDX, C.ITEM_IDX, C.RATING, C.PREDICTION, C.COLD_USER, C.COLD_ITEM
     )
-    with staged_outputs(spark, out) as stage:
-        model.write(stage)
-        stage.write(predictions, C.PREDICTIONS)
-        stage.write(history_frame(spark, result).coalesce(1), C.METRICS_HISTORY)
-        written = spark.read.parquet(stage.path(C.PREDICTIONS))
-        summary = summarize_predictions(
-            written, prepared.test, prepared.users, MODEL_NAME, cfg.evaluate.activity_buckets
+    with model:  # the model's prediction broadcast lives until the predictions are written
+        write_model_stage(
+            spark,
+            out,
+            prepared,
+            MODEL_NAME,
+            model.write,
+            predictions,
+            history_frame(spark, result),
+            cfg.evaluate.activity_buckets,
         )
-        write_summary(spark, stage, out, summary, MODEL_NAME)
     per_iter = [h.seconds for h in result.history]
     last = result.history[-1]
+    timings = {
+        "setup_seconds": round(setup_seconds, 3),
+        "median_seconds_per_iteration": round(statistics.median(per_iter), 3),
+        "fit_seconds": round(fit_seconds, 3),
+        "total_seconds": round(time.time() - started, 3),
+    }
     entry = {
         "model": MODEL_NAME,
+        "summary": (
+            f"rank {cfg.als.rank}, {result.iterations} iterations, "
+            f"{timings['median_seconds_per_iteration']:.2f} s/iteration, fit {fit_seconds:.1f} s; "
+            f"train RMSE {last.train_rmse:.4f}"
+        ),
         "iterations": result.iterations,
         "converged": result.converged,
         "train_rmse": last.train_rmse,
         "test_rmse": last.test_rmse,
         "objective": last.objective,
-        "timings": {
-            "setup_seconds": round(setup_seconds, 3),
-            "median_seconds_per_iteration": round(statistics.median(per_iter), 3),
-            "fit_seconds": round(fit_seconds, 3),
-            "total_seconds": round(time.time() - started, 3),
-        },
+        "timings": timings,
     }
     update_manifest(spark, out, "train_als", entry, cfg)
+    # Checkpoints only serve to finish this run; once its outputs are committed they go.
+    HadoopFS(spark).delete(checkpoint_root(out, MODEL_NAME))
     log.info(
         "ALS rank %d, %d iterations: train RMSE %.4f, test RMSE %s (%.1f s)",
         cfg.als.rank,

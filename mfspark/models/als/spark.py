@@ -29,11 +29,10 @@ def _solve_fn(global_mean: float, params: ALSParams):
     def solve(side: str, train: RatingRows, test: RatingRows, fixed) -> dict:
         fixed_factors, fixed_bias = fixed
         res = half_step(train, fixed_factors, fixed_bias, global_mean, params.reg, params.dtype)
+        # Rows and counts are known to the driver since set-up: only what changes comes back.
         out = {
-            "rows": res.rows,
             "factors": res.factors,
             "bias": res.bias,
-            "counts": res.counts,
             "sse": res.sse,
             "penalty": res.penalty,
             "test_sse": 0.0,
@@ -64,6 +63,9 @@ class SparkBlockSolver:
         num_item_blocks: int = 0,
     ):
         self.params = params
+        check_result_size(
+            n_users, n_items, params.rank, spark.conf.get("spark.driver.maxResultSize", "1g")
+        )
         self.store = BlockStore(
             spark,
             train,
@@ -98,11 +100,12 @@ class SparkBlockSolver:
         cat = lambda key, dtype: (  # noqa: E731
             np.concatenate([p[key] for p in parts]) if parts else np.empty(0, dtype)
         )
+        rows = self.store.rows_of(side, parts)
         return SideOutcome(
-            rows=cat("rows", np.int32),
+            rows=rows,
             factors=cat("factors", np.float32).reshape(-1, k),
             bias=cat("bias", np.float32),
-            counts=cat("counts", np.int64),
+            counts=self.store.counts[side][rows],
             sse=float(sum(p["sse"] for p in parts)),
             penalty=float(sum(p["penalty"] for p in parts)),
             test_sse=float(sum(p["test_sse"] for p in parts)),
@@ -112,6 +115,12 @@ class SparkBlockSolver:
 
     def close(self) -> None:
         self.store.close()
+
+    def __enter__(self) -> SparkBlockSolver:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def check_broadcast_size(n_users: int, n_items: int, rank: int, limit_mb: float) -> None:
@@ -124,4 +133,46 @@ def check_broadcast_size(n_users: int, n_items: int, rank: int, limit_mb: float)
                 f"over als.max_broadcast_mb={limit_mb:g}: every executor holds a copy each "
                 "half-step. Lower als.rank, or give executors more memory and raise "
                 "als.max_broadcast_mb"
+            )
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a Spark size string (``1g``, ``512m``, ``2048k``, ``1024``: bytes; ``kb`` etc.
+    also accepted), as Spark parses ``spark.driver.maxResultSize``."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgtp]?)b?\s*", str(text).lower())
+    if not match:
+        raise MfsparkError(
+            f"cannot read the Spark size {text!r} (expected e.g. 1g, 512m, 0 for unlimited)"
+        )
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+#: Pickling and task-result framing on top of the raw float32 arrays a half-step collects.
+RESULT_OVERHEAD = 1.05
+RESULT_OVERHEAD_BYTES = 1 << 20
+
+
+def check_result_size(n_users: int, n_items: int, rank: int, max_result_size: str) -> None:
+    """Fail before training when one half-step's results exceed ``spark.driver.maxResultSize``.
+
+    A half-step collects the solved side's factors and biases: n x (rank + 1) float32 values,
+    plus a little framing. ``0`` means unlimited.
+    """
+    limit = parse_size(max_result_size)
+    if not limit:
+        return
+    for side, n in ((USER, n_users), (ITEM, n_items)):
+        need = n * (rank + 1) * 4 * RESULT_OVERHEAD + RESULT_OVERHEAD_BYTES
+        if need > limit:
+            raise MfsparkError(
+                f"one {side} half-step returns {n:,} x ({rank} factors + bias) floats = about "
+                f"{need / 2**20:,.0f} MB to the driver, over spark.driver.maxResultSize="
+                f"{max_result_size} ({limit / 2**20:,.0f} MB). Raise it (e.g. --set "
+                f"spark.conf.spark.driver.maxResultSize={max(1, int(need * 2 / 2**30) + 1)}g, with "
+                "driver memory to match) or lower als.rank"
             )

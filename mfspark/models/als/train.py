@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -105,34 +106,93 @@ class ALSResult:
         return len(self.history)
 
 
-def run_als(solver: SideSolver, params: ALSParams, name: str = "als") -> ALSResult:
-    """Alternate user and item half-steps until ``max_iter`` or the objective settles."""
-    k = params.rank
-    users_f = np.zeros((solver.n_users, k), dtype=params.dtype)
-    users_b = np.zeros(solver.n_users, dtype=params.dtype)
-    items_f = seeded_normal(params.seed, np.arange(solver.n_items), k, params.init_std).astype(
-        params.dtype
-    )
-    items_b = np.zeros(solver.n_items, dtype=params.dtype)
-    users_n = np.zeros(solver.n_users, dtype=np.int64)
-    items_n = np.zeros(solver.n_items, dtype=np.int64)
-    item_penalty = float("nan")  # the initial items' penalty needs their counts: set below
-    history: list[IterationRecord] = []
-    half_objectives: list[float] = []
-    converged = False
-    previous = None
-    for it in range(1, params.max_iter + 1):
+@dataclass
+class ALSState:
+    """The loop's state after ``iteration`` completed iterations: all a resumed run needs to
+    continue exactly as if never interrupted (see :mod:`mfspark.checkpoint`)."""
+
+    iteration: int
+    users_f: np.ndarray
+    users_b: np.ndarray
+    items_f: np.ndarray
+    items_b: np.ndarray
+    users_n: np.ndarray
+    items_n: np.ndarray
+    item_penalty: float  # of the current item factors (NaN before the first user half-step)
+    history: list[IterationRecord] = field(default_factory=list)
+    half_objectives: list[float] = field(default_factory=list)
+    converged: bool = False
+
+    ARRAYS = ("users_f", "users_b", "items_f", "items_b", "users_n", "items_n")
+
+    @classmethod
+    def initial(cls, solver: SideSolver, params: ALSParams) -> ALSState:
+        k = params.rank
+        items_f = seeded_normal(params.seed, np.arange(solver.n_items), k, params.init_std)
+        return cls(
+            iteration=0,
+            users_f=np.zeros((solver.n_users, k), dtype=params.dtype),
+            users_b=np.zeros(solver.n_users, dtype=params.dtype),
+            items_f=items_f.astype(params.dtype),
+            items_b=np.zeros(solver.n_items, dtype=params.dtype),
+            users_n=np.zeros(solver.n_users, dtype=np.int64),
+            items_n=np.zeros(solver.n_items, dtype=np.int64),
+            item_penalty=float("nan"),
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in self.ARRAYS}
+
+    def scalars(self) -> dict:
+        """Everything but the arrays, JSON-able (floats round-trip exactly through JSON)."""
+        return {
+            "iteration": self.iteration,
+            "item_penalty": self.item_penalty,
+            "history": [vars(h) for h in self.history],
+            "half_objectives": self.half_objectives,
+            "converged": self.converged,
+        }
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray], scalars: dict) -> ALSState:
+        return cls(
+            iteration=int(scalars["iteration"]),
+            **{name: np.array(arrays[name]) for name in cls.ARRAYS},
+            item_penalty=float(scalars["item_penalty"]),
+            history=[IterationRecord(**h) for h in scalars["history"]],
+            half_objectives=[float(x) for x in scalars["half_objectives"]],
+            converged=bool(scalars["converged"]),
+        )
+
+
+def run_als(
+    solver: SideSolver,
+    params: ALSParams,
+    name: str = "als",
+    start: ALSState | None = None,
+    on_iteration: Callable[[ALSState], None] | None = None,
+) -> ALSResult:
+    """Alternate user and item half-steps until ``max_iter`` or the objective settles.
+
+    ``start`` resumes from a saved state (iteration, factors, history: the convergence test
+    continues from its last objective); ``on_iteration(state)`` is called after every
+    iteration (e.g. to save a checkpoint).
+    """
+    st = start if start is not None else ALSState.initial(solver, params)
+    for it in range(st.iteration + 1, params.max_iter + 1):
+        if st.converged:
+            break
         started = time.perf_counter()
-        u = solver.solve(USER, items_f, items_b)
-        users_f[u.rows], users_b[u.rows], users_n[u.rows] = u.factors, u.bias, u.counts
-        if math.isnan(item_penalty):
-            item_penalty = _initial_penalty(solver, params, items_f, items_b)
-        half_objectives.append(u.sse + u.penalty + item_penalty)
-        i = solver.solve(ITEM, users_f, users_b)
-        items_f[i.rows], items_b[i.rows], items_n[i.rows] = i.factors, i.bias, i.counts
-        item_penalty = i.penalty
+        u = solver.solve(USER, st.items_f, st.items_b)
+        st.users_f[u.rows], st.users_b[u.rows], st.users_n[u.rows] = u.factors, u.bias, u.counts
+        if math.isnan(st.item_penalty):
+            st.item_penalty = _initial_penalty(solver, params, st.items_f, st.items_b)
+        st.half_objectives.append(u.sse + u.penalty + st.item_penalty)
+        i = solver.solve(ITEM, st.users_f, st.users_b)
+        st.items_f[i.rows], st.items_b[i.rows], st.items_n[i.rows] = i.factors, i.bias, i.counts
+        st.item_penalty = i.penalty
         objective = i.sse + u.penalty + i.penalty
-        half_objectives.append(objective)
+        st.half_objectives.append(objective)
         record = IterationRecord(
             iteration=it,
             train_rmse=math.sqrt(i.sse / max(solver.n_train, 1)),
@@ -140,7 +200,9 @@ def run_als(solver: SideSolver, params: ALSParams, name: str = "als") -> ALSResu
             objective=objective,
             seconds=time.perf_counter() - started,
         )
-        history.append(record)
+        previous = st.history[-1].objective if st.history else None
+        st.history.append(record)
+        st.iteration = it
         log.info(
             "%s iteration %d: train RMSE %.5f, test RMSE %s, J %.6g, %.2f s",
             name,
@@ -151,12 +213,14 @@ def run_als(solver: SideSolver, params: ALSParams, name: str = "als") -> ALSResu
             record.seconds,
         )
         if previous is not None and abs(previous - objective) <= params.tol * abs(previous):
-            converged = True
+            st.converged = True
             log.info("%s converged: relative change of J below als.tol=%g", name, params.tol)
-            break
-        previous = objective
-    model = BiasedMF(solver.global_mean, users_f, users_b, items_f, items_b, users_n, items_n)
-    return ALSResult(model, history, half_objectives, converged)
+        if on_iteration is not None:
+            on_iteration(st)
+    model = BiasedMF(
+        solver.global_mean, st.users_f, st.users_b, st.items_f, st.items_b, st.users_n, st.items_n
+    )
+    return ALSResult(model, st.history, st.half_objectives, st.converged)
 
 
 def _initial_penalty(solver, params: ALSParams, items_f, items_b) -> float:

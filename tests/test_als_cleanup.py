@@ -1,0 +1,179 @@
+"""Nothing leaks on any path (stored blocks, cached RDDs/DataFrames, broadcasts), the
+driver-result guard, and the estimator's input guards."""
+
+from __future__ import annotations
+
+import os
+
+import leaks
+import numpy as np
+import pandas as pd
+import pytest
+from leaks import leftover_dirs, persistent_rdds, worker_root
+
+from mfspark.blocks import spark as blocks
+from mfspark.errors import MfsparkError
+from mfspark.models.als.spark import SparkBlockSolver, check_result_size, parse_size
+from mfspark.models.als.train import ALSParams, run_als
+
+stores = leaks.stores  # the fixture recording every BlockStore a test creates
+
+
+@pytest.fixture(scope="module")
+def small(spark):
+    rng = np.random.default_rng(3)
+    n_users, n_items, nnz = 60, 30, 900
+    cells = rng.choice(n_users * n_items, nnz, replace=False)
+    frame = pd.DataFrame(
+        {
+            "user_idx": (cells // n_items).astype(np.int32),
+            "item_idx": (cells % n_items).astype(np.int32),
+            "rating": np.clip(np.round(3 + rng.normal(0, 1, nnz)), 1, 5),
+        }
+    )
+    test = frame.sample(frac=0.1, random_state=1)
+    train = frame.drop(test.index)
+    return spark.createDataFrame(train), spark.createDataFrame(test), n_users, n_items
+
+
+PARAMS = ALSParams(rank=3, max_iter=3, tol=0.0)
+
+
+def test_failure_after_blocks_are_stored_leaves_nothing(spark, small, stores, monkeypatch):
+    train, test, n_users, n_items = small
+    before = persistent_rdds(spark)
+    seen = {}
+    original = blocks.BlockStore._set_up
+
+    def failing_set_up(self, *args):
+        seen["stored"] = os.path.isdir(os.path.join(worker_root(spark), self.store_dir))
+        seen["persisted"] = persistent_rdds(spark)
+        original(self, *args)
+        raise RuntimeError("injected after set-up")
+
+    monkeypatch.setattr(blocks.BlockStore, "_set_up", failing_set_up)
+    with pytest.raises(RuntimeError, match="injected"):
+        with SparkBlockSolver(spark, train, test, n_users, n_items, PARAMS, 2, 2) as solver:
+            run_als(solver, PARAMS)
+    assert seen == {"stored": True, "persisted": before + 1}  # there was something to clean
+    assert len(stores) == 1 and leftover_dirs(spark, stores) == []
+    assert persistent_rdds(spark) == before
+
+
+def test_empty_training_set_and_failing_iteration_leave_nothing(spark, small, stores, monkeypatch):
+    train, test, n_users, n_items = small
+    before = persistent_rdds(spark)
+    # Only test ratings: item blocks are stored, then set-up finds no training rating.
+    with pytest.raises(MfsparkError, match="training set is empty"):
+        SparkBlockSolver(spark, train.limit(0), test, n_users, n_items, PARAMS, 2, 2)
+    assert persistent_rdds(spark) == before
+
+    # A failure inside an iteration, through the estimator (its index tables are cached too).
+    from mfspark import BiasedALS, ml
+
+    def boom(solver, params, **_):
+        solver.solve("user", np.zeros((solver.n_items, params.rank)), np.zeros(solver.n_items))
+        raise RuntimeError("injected in training")
+
+    monkeypatch.setattr(ml, "run_als", boom)
+    ratings = train.selectExpr("user_idx AS user", "item_idx AS item", "rating")
+    with pytest.raises(RuntimeError, match="injected in training"):
+        BiasedALS(rank=3, maxIter=2).fit(ratings)
+    assert len(stores) == 2 and leftover_dirs(spark, stores) == []
+    assert persistent_rdds(spark) == before
+
+
+def test_half_step_returns_only_what_changes(spark, small):
+    from mfspark.models.als.spark import _solve_fn
+
+    train, test, n_users, n_items = small
+    with SparkBlockSolver(spark, train, test, n_users, n_items, PARAMS, 2, 3) as solver:
+        k = PARAMS.rank
+        parts = solver.store.run(
+            "item",
+            (np.ones((n_users, k), np.float32), np.zeros(n_users, np.float32)),
+            _solve_fn(solver.global_mean, PARAMS),
+        )
+        assert {key for p in parts for key in p} == {
+            "factors",
+            "bias",
+            "sse",
+            "penalty",
+            "test_sse",
+            "test_abs",
+            "test_n",
+            "seconds",
+            "block",
+        }
+        rows = solver.store.rows_of("item", parts)
+        assert sorted(rows) == sorted(set(train.toPandas().item_idx) | set(test.toPandas().item_idx))
+        assert sum(len(p["bias"]) for p in parts) == len(rows)
+
+
+def test_result_size_guard_parses_spark_sizes_and_names_the_remedy():
+    assert parse_size("1g") == 2**30 and parse_size("512m") == 512 * 2**20
+    assert parse_size("2048k") == parse_size("2mb") == 2 * 2**20 and parse_size("1024") == 1024
+    with pytest.raises(MfsparkError, match="cannot read"):
+        parse_size("lots")
+    # 5M users x (50 + 1) floats x 4 bytes = 973 MB, plus framing: over 1g? no; over 512m: yes
+    check_result_size(5_000_000, 1000, 50, "1g")
+    with pytest.raises(MfsparkError, match=r"user half-step .* spark.driver.maxResultSize=512m"):
+        check_result_size(5_000_000, 1000, 50, "512m")
+    check_result_size(5_000_000, 1000, 50, "0")  # 0: unlimited
+
+
+# -- the estimator's input guards -----------------------------------------------------------
+SEVEN = [
+    (1, 10, 4.0),
+    (1, 11, 3.0),
+    (2, 10, 5.0),
+    (2, 12, 2.0),
+    (3, 11, 1.0),
+    (3, 12, 4.0),
+    (4, 10, 3.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (float("inf"), r"1 training ratings are infinite or beyond ±1e\+09"),
+        (-float("inf"), r"1 training ratings are infinite or beyond ±1e\+09"),
+        (1e30, r"1 training ratings are infinite or beyond ±1e\+09"),
+        (float("nan"), r"1 training rows have a null id or a null/NaN rating"),
+    ],
+)
+def test_estimator_refuses_non_finite_and_huge_ratings(spark, bad, message):
+    from mfspark import BiasedALS
+
+    rows = SEVEN[:-1] + [(4, 10, bad)]
+    df = spark.createDataFrame(rows, "user long, item long, rating double")
+    with pytest.raises(MfsparkError, match=message) as err:
+        BiasedALS(rank=1, maxIter=2).fit(df)
+    assert "\n" not in str(err.value)
+
+
+def test_estimator_refuses_duplicate_pairs_and_fits_the_clean_frame(spark):
+    from mfspark import BiasedALS
+
+    before = persistent_rdds(spark)
+    dup = spark.createDataFrame(
+        SEVEN + [(2, 12, 5.0), (2, 12, 1.0)], "user long, item long, rating double"
+    )
+    with pytest.raises(MfsparkError, match=r"1 \(user, item\) pairs occur more than once \(3 rows\)"):
+        BiasedALS(rank=1, maxIter=2).fit(dup.repartition(3))
+    clean = spark.createDataFrame(SEVEN, "user long, item long, rating double")
+    model = BiasedALS(rank=1, maxIter=2, regParam=1.0).fit(clean)
+    pred = model.transform(clean).toPandas()
+    assert np.isfinite(pred.prediction).all() and pred.prediction.between(1, 5).all()
+    assert persistent_rdds(spark) == before  # the index tables are not left cached
+
+    # One prediction broadcast per model, shared by its DataFrames, destroyed by release().
+    fm = model.als_model
+    first = fm.__dict__["_prediction_broadcast"]
+    model.transform(clean).count()
+    assert fm.__dict__["_prediction_broadcast"] is first and os.path.exists(first._path)
+    model.release()
+    assert not os.path.exists(first._path) and "_prediction_broadcast" not in fm.__dict__
+    assert model.transform(clean).count() == 7  # a later prediction gets a fresh broadcast
+    model.release()
