@@ -786,10 +786,11 @@ def run_report(cfg: Config, spark: SparkSession) -> dict:
             plots.INSTALL_HINT,
         )
     page, markdown, sections = build_report(spark, cfg, out, with_plots)
-    with staged_outputs(spark, out) as stage:
+    with staged_outputs(spark, out, stage="report") as stage:
         folder = stage.path(REPORT_DIR)
         fs.write_text(join(folder, INDEX_HTML), page)
         fs.write_text(join(folder, SUMMARY_MD), markdown)
+        fs.create_text(join(folder, "_SUCCESS"), "")  # complete, as Spark marks its datasets
     seconds = time.time() - started
     entry = {
         "html": join(out, REPORT_DIR, INDEX_HTML),
