@@ -122,6 +122,13 @@ class DataConfig:
         default="timestamp",
         metadata=_doc("Timestamp column (`csv`, `parquet`); empty when there is none."),
     )
+    items_path: str = field(
+        default="",
+        metadata=_doc(
+            "Optional item metadata file for item titles in the report: MovieLens `u.item`, "
+            "`movies.dat` or `movies.csv` (recognised from the name)."
+        ),
+    )
     id_type: str = field(
         default="auto",
         metadata=_doc(

@@ -100,6 +100,13 @@ JOBS: tuple[Job, ...] = (
         preflight="mfspark.recommend:preflight_recommend",
     ),
     Job(
+        "report",
+        "mfspark.report:run_report",
+        "One self-contained HTML page (report/index.html) and a Markdown summary of a run: data, "
+        "training, every model's errors, ranking, benchmark, configuration.",
+        preflight="mfspark.report:preflight_report",
+    ),
+    Job(
         "pipeline",
         "mfspark.pipeline:run_pipeline",
         "Run the stages of pipeline.stages in order in one Spark session; print a summary.",

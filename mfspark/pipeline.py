@@ -1,11 +1,11 @@
 """The ``pipeline`` job: every stage in order, one Spark session, a short summary at the end.
 
 Stages (``pipeline.stages``; by default prepare → train_als → train_bpmf →
-build_autoencoder_inputs → evaluate → recommend) are the jobs of :data:`mfspark.jobs.JOBS` marked as
-stages (``train_autorec`` may be added after ``build_autoencoder_inputs``), and each stage is
-the same function its own job runs, so ``pipeline`` and the separate jobs give identical
-outputs. Models report through :mod:`mfspark.models.registry`: a new model adds no
-code here.
+build_autoencoder_inputs → evaluate → recommend → report) are the jobs of
+:data:`mfspark.jobs.JOBS` marked as stages (``train_autorec`` may be added after
+``build_autoencoder_inputs``), and each stage is the same function its own job runs, so
+``pipeline`` and the separate jobs give identical outputs. Models report through
+:mod:`mfspark.models.registry`: a new model adds no code here.
 """
 
 from __future__ import annotations
@@ -94,4 +94,7 @@ def summary_text(cfg: Config, spark: SparkSession, results: dict, seconds: float
     if ae:
         built = ", ".join(cfg.autoencoder.orientations)
         lines.append(f"  AE       inputs under {join(out, 'ae_inputs')}/ ({built})")
+    report = results.get("report")
+    if report:
+        lines.append(f"  report   {report['html']} (and {report['markdown']})")
     return "\n".join(lines)
