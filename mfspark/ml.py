@@ -433,33 +433,36 @@ class BiasedALSModel(Model, _BiasedALSParams, MLReadable, MLWritable):
         return self._factors("item")
 
     def write(self) -> MLWriter:
-        return _BiasedALSModelWriter(self)
+        return ModelWriter(self, self.als_model)
 
     @classmethod
     def read(cls) -> MLReader:
-        return _BiasedALSModelReader(cls)
+        return ModelReader(cls, FactorModel.load)
 
 
-class _BiasedALSModelWriter(MLWriter):
-    """Params as Spark ML metadata, the factors in mfspark's Parquet model layout."""
+class ModelWriter(MLWriter):
+    """Params as Spark ML metadata, the fitted model (anything with ``save(path, overwrite)``,
+    e.g. a :class:`FactorModel`) under ``<path>/model`` in mfspark's Parquet layout."""
 
-    def __init__(self, instance: BiasedALSModel):
+    def __init__(self, instance, fitted):
         super().__init__()
-        self.instance = instance
+        self.instance, self.fitted = instance, fitted
 
     def saveImpl(self, path: str) -> None:
         DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession)
-        self.instance.als_model.save(os.path.join(path, "model"), overwrite=self.shouldOverwrite)
+        self.fitted.save(os.path.join(path, "model"), overwrite=self.shouldOverwrite)
 
 
-class _BiasedALSModelReader(MLReader):
-    def __init__(self, cls):
+class ModelReader(MLReader):
+    """Reads what :class:`ModelWriter` wrote: ``cls(load_fitted(spark, <path>/model))``."""
+
+    def __init__(self, cls, load_fitted):
         super().__init__()
-        self.cls = cls
+        self.cls, self.load_fitted = cls, load_fitted
 
-    def load(self, path: str) -> BiasedALSModel:
+    def load(self, path: str):
         metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        model = self.cls(FactorModel.load(self.sparkSession, os.path.join(path, "model")))
+        model = self.cls(self.load_fitted(self.sparkSession, os.path.join(path, "model")))
         model._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(model, metadata)
         return model

@@ -16,8 +16,6 @@ or item falls back to μ plus the known bias. It persists with ``write().save(pa
 
 from __future__ import annotations
 
-import os
-
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -36,6 +34,7 @@ from pyspark.sql import functions as F
 from mfspark import columns as C
 from mfspark.errors import MfsparkError
 from mfspark.indexing import dense_index
+from mfspark.ml import ModelReader, ModelWriter, check_ratings
 from mfspark.models.bpmf.posterior import BayesianPosterior
 from mfspark.models.bpmf.sampler import BPMFParams
 
@@ -197,31 +196,8 @@ class BayesianMFModel(Model, _BayesianMFParams, MLReadable, MLWritable):
         )
 
     def write(self) -> MLWriter:
-        return _Writer(self)
+        return ModelWriter(self, self.posterior)
 
     @classmethod
     def read(cls) -> MLReader:
-        return _Reader(cls)
-
-
-class _Writer(MLWriter):
-    def __init__(self, instance: BayesianMFModel):
-        super().__init__()
-        self.instance = instance
-
-    def saveImpl(self, path: str) -> None:
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession)
-        self.instance.posterior.save(os.path.join(path, "model"), overwrite=self.shouldOverwrite)
-
-
-class _Reader(MLReader):
-    def __init__(self, cls):
-        super().__init__()
-        self.cls = cls
-
-    def load(self, path: str) -> BayesianMFModel:
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        model = self.cls(BayesianPosterior.load(self.sparkSession, os.path.join(path, "model")))
-        model._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(model, metadata)
-        return model
+        return ModelReader(cls, BayesianPosterior.load)
