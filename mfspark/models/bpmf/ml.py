@@ -122,7 +122,6 @@ class BayesianMF(Estimator, _BayesianMFParams, MLReadable, MLWritable):
         return self._set(**kwargs)
 
     def _fit(self, dataset: DataFrame) -> BayesianMFModel:
-        from mfspark.ml import check_ratings
         from mfspark.models.bpmf.job import fit_bpmf, training_clip
 
         g = self.get
