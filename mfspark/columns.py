@@ -1,4 +1,4 @@
-"""Column names and output schemas, defined once (DESIGN.md section 3).
+"""Column names and output schemas, defined once (the README's "Outputs" lists them).
 
 Every module refers to these constants instead of spelling column names, and the tests
 assert the written datasets against the schemas below.

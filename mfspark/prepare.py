@@ -1,6 +1,6 @@
 """The prepare stage: read → validate → split → index → write ``prepared/*``.
 
-Outputs (under ``output.path``; DESIGN.md section 3):
+Outputs (under ``output.path``; the README's "Outputs" table):
 
 * ``prepared/train``, ``prepared/test`` — ``user_id``, ``item_id``, ``user_idx``, ``item_idx``,
   ``rating``, ``timestamp``; test adds ``cold_user``/``cold_item`` (no train rating for that

@@ -1,6 +1,6 @@
 """MovieLens-shaped synthetic ratings with a known planted model, generated in parallel by Spark.
 
-The model (the same one :mod:`mfspark` fits, see DESIGN.md section 1)::
+The model (the same one :mod:`mfspark` fits, see the README, "The model")::
 
     x_ij = μ + b_i + c_j + w_iᵀ u_j + ε_ij,        ε_ij ~ N(0, noise²)
     r_ij = round_to_step(clip(x_ij, rating_min, rating_max))

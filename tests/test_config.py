@@ -35,7 +35,7 @@ def test_defaults_load_as_written_in_conf_local_toml():
         ("als.rank=50", ["als", "rank"], 50),
         ("split.test_fraction=0.25", ["split", "test_fraction"], 0.25),
         ("data.header=false", ["data", "header"], False),
-        ("data.path=../shared/data/ml-100k/u.data", ["data", "path"], "../shared/data/ml-100k/u.data"),
+        ("data.path=../data/ml-100k/u.data", ["data", "path"], "../data/ml-100k/u.data"),
         ('data.path="quoted path"', ["data", "path"], "quoted path"),
         ('autoencoder.orientations=["by_user"]', ["autoencoder", "orientations"], ["by_user"]),
         (
