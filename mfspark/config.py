@@ -218,6 +218,16 @@ class ALSConfig:
             "Clip predictions to the range of the training ratings (e.g. 1-5 for MovieLens 100K)."
         ),
     )
+    gram_strategy: str = field(
+        default="auto",
+        metadata=_doc(
+            "How the per-row Gram matrices are formed: `sparse` (packed outer products, "
+            "CSR x dense: fastest at small ranks), `dense` (gathered rows, batched BLAS-3: "
+            "fastest at large ranks) or `auto` (sparse for now: dense is opt-in). Same results up to "
+            "float rounding.",
+            choices=("auto", "sparse", "dense"),
+        ),
+    )
     max_broadcast_mb: float = field(
         default=2048.0,
         metadata=_doc("Largest factor broadcast allowed before training starts (MB).", min=0.0),

@@ -27,25 +27,55 @@ def planted(rng, n_users, n_items, nnz, rank, noise, mu=3.5):
     return u, i, clean + rng.normal(0, noise, nnz), clean
 
 
+@pytest.mark.parametrize("strategy", ["sparse", "dense"])
 @pytest.mark.parametrize("scaling,width", [("none", 16), ("count", 16), ("none", None)])
-def test_block_solver_equals_per_row_solve(scaling, width):
+def test_block_solver_equals_per_row_solve(scaling, width, strategy, monkeypatch):
+    import mfspark.blocks.rows as K
+
+    monkeypatch.setattr(K, "DENSE_BATCH_CELLS", 200)  # many batches per padded length
     rng = np.random.default_rng(0)
     n_rows, n_cols, k = 300, 80, 6
     rows, cols, vals = random_ratings(rng, n_rows, n_cols, 4000)
     # include rows without ratings: they must come out as zeros
     block = RatingRows.from_coo(rows, cols, vals, entities=np.arange(n_rows + 5), width=width)
+    assert len(np.unique(K.padded_length(block.counts()[block.counts() > 0]))) > 3
     fixed = rng.normal(0, 0.5, (n_cols, k))
     fixed_bias = rng.normal(0, 0.3, n_cols)
     reg = Regularization(0.07, 0.03, scaling)
-    got = half_step(block, fixed, fixed_bias, 3.3, reg, dtype=np.float64, chunk_rows=64)
     want_f, want_b = reference_half_step(block, fixed, fixed_bias, 3.3, reg)
-    np.testing.assert_allclose(got.factors, want_f, rtol=0, atol=1e-8)
-    np.testing.assert_allclose(got.bias, want_b, rtol=0, atol=1e-8)
-    assert not got.factors[n_rows:].any() and not got.bias[n_rows:].any()
-    # the free SSE from the normal equations equals a direct computation
-    sse, _, n = squared_error(3.3, got.factors, got.bias, fixed, fixed_bias, block)
-    assert n == 4000
-    assert got.sse == pytest.approx(sse, rel=1e-9)
+    for dtype, atol in ((np.float64, 1e-8), (np.float32, 2e-4)):
+        got = half_step(
+            block,
+            fixed.astype(dtype),
+            fixed_bias.astype(dtype),
+            3.3,
+            reg,
+            dtype=dtype,
+            chunk_rows=64,
+            strategy=strategy,
+        )
+        assert got.factors.dtype == dtype
+        np.testing.assert_allclose(got.factors, want_f, rtol=0, atol=atol)
+        np.testing.assert_allclose(got.bias, want_b, rtol=0, atol=atol)
+        assert not got.factors[n_rows:].any() and not got.bias[n_rows:].any()
+        # the free SSE from the normal equations equals a direct computation
+        sse, _, n = squared_error(3.3, got.factors, got.bias, fixed, fixed_bias, block)
+        assert n == 4000
+        assert got.sse == pytest.approx(sse, rel=1e-9 if dtype == np.float64 else 1e-4)
+
+
+def test_gram_strategy_by_rank_and_its_tiles():
+    from mfspark.blocks.rows import DENSE_FROM_RANK, ONE_TILE, gram_strategy, padded_length, tile_width
+
+    assert gram_strategy(50) == "sparse" and gram_strategy(DENSE_FROM_RANK) == "dense"
+    assert gram_strategy(100, "sparse") == "sparse" and gram_strategy(2, "dense") == "dense"
+    with pytest.raises(ValueError, match="one of auto, sparse, dense"):
+        gram_strategy(10, "fast")
+    assert tile_width(10, "dense") == ONE_TILE and tile_width(10) < ONE_TILE
+    counts = np.arange(1, 5000)
+    length = padded_length(counts)
+    assert (length >= counts).all() and (length >= 8).all()
+    assert (length[counts >= 8] <= counts[counts >= 8] * 1.125 + 1e-9).all()  # ≤ 12.5 % padding
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -68,21 +98,25 @@ def test_in_place_product_equals_public_scipy_product(monkeypatch, dtype):
     assert np.abs(fast.factors).max() > 0.01  # the products really happened
 
 
-def test_block_split_does_not_change_rows():
+@pytest.mark.parametrize(
+    "strategy,width", [("sparse", None), ("sparse", 16), ("dense", None), ("dense", 16)]
+)
+def test_block_split_does_not_change_rows(strategy, width, monkeypatch):
+    import mfspark.blocks.rows as K
+
+    monkeypatch.setattr(K, "DENSE_BATCH_CELLS", 300)
     rng = np.random.default_rng(1)
     rows, cols, vals = random_ratings(rng, 500, 120, 9000)
     fixed = rng.normal(0, 0.5, (120, 4)).astype(np.float32)
     fixed_bias = rng.normal(0, 0.3, 120).astype(np.float32)
     reg = Regularization(0.05, 0.05, "count")
-    whole = half_step(RatingRows.from_coo(rows, cols, vals), fixed, fixed_bias, 3.0, reg)
-    parts = []
-    for b in range(3):  # rows dealt to 3 blocks by idx mod 3
-        keep = rows % 3 == b
-        parts.append(
-            half_step(
-                RatingRows.from_coo(rows[keep], cols[keep], vals[keep]), fixed, fixed_bias, 3.0, reg
-            )
-        )
+
+    def solve(keep):
+        block = RatingRows.from_coo(rows[keep], cols[keep], vals[keep], width=width)
+        return half_step(block, fixed, fixed_bias, 3.0, reg, chunk_rows=70, strategy=strategy)
+
+    whole = solve(np.ones(len(rows), bool))
+    parts = [solve(rows % 3 == b) for b in range(3)]  # rows dealt to 3 blocks by idx mod 3
     order = np.argsort(np.concatenate([p.rows for p in parts]))
     np.testing.assert_array_equal(np.concatenate([p.factors for p in parts])[order], whole.factors)
     np.testing.assert_array_equal(np.concatenate([p.bias for p in parts])[order], whole.bias)

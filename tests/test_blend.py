@@ -72,8 +72,8 @@ def test_bad_members_fail_before_fitting(spark, prepared_out):
     cfg = lambda *s: load_config(None, [f"output.path={out}", *SETTINGS, *s])  # noqa: E731
     with pytest.raises(ConfigError, match=r"blend.models: member 'als' was not trained"):
         run_train_blend(cfg('blend.models=["als", "svd"]'), spark)
-    with pytest.raises(ConfigError, match=r"blend.models: 'bpmf' cannot be blended"):
-        run_train_blend(cfg('blend.models=["als", "bpmf"]'), spark)
+    with pytest.raises(ConfigError, match=r"blend.models: 'autorec' cannot be blended"):
+        run_train_blend(cfg('blend.models=["als", "autorec"]'), spark)
     with pytest.raises(ConfigError, match="blend.validation_fraction"):
         run_train_blend(cfg("blend.validation_fraction=0.0"), spark)
     with pytest.raises(ConfigError, match="blend.models is empty"):
@@ -114,3 +114,28 @@ def test_train_blend_stage(spark, prepared_out):
     validation = spark.read.parquet(f"{out}/models/blend/validation").toPandas().set_index("model")
     assert set(validation.index) == {"als", "svd", "blend"}
     assert validation.loc["blend", "rmse"] <= validation.loc[["als", "svd"], "rmse"].min()
+
+
+def test_bpmf_member_predicts_the_pairs_as_the_single_process_sampler(spark, prepared_out):
+    """The bpmf member (fit on train, predict given pairs) against the single-process
+    sampler run on the same ratings with the pairs as its test rows."""
+    from mfspark.models.bpmf.sampler import BPMFParams, LocalSampler, run_gibbs
+    from mfspark.models.members import fit_predict
+
+    out, (train, test, users, items) = prepared_out
+    cfg = load_config(None, [f"output.path={out}", "bpmf.rank=2", "bpmf.samples=6", "bpmf.burn_in=2"])
+    pairs = test.select(C.USER_IDX, C.ITEM_IDX, C.RATING)
+    got = fit_predict("bpmf", spark, train, pairs, users, items, cfg).toPandas()
+    assert list(got.columns) == [C.USER_IDX, C.ITEM_IDX, C.PREDICTION] and len(got) == test.count()
+
+    tr, te = (df.toPandas() for df in (train, pairs))
+    arrays = lambda df: tuple(df[c].to_numpy() for c in (C.USER_IDX, C.ITEM_IDX, C.RATING))  # noqa: E731
+    lo, hi = float(tr[C.RATING].min()), float(tr[C.RATING].max())
+    params = BPMFParams.from_config(cfg.bpmf, clip=(lo, hi))
+    local = run_gibbs(LocalSampler(arrays(tr), users.count(), items.count(), params, arrays(te)), params)
+    want = pd.DataFrame(
+        {C.USER_IDX: local.test_users, C.ITEM_IDX: local.test_items, "want": local.test_mean}
+    )
+    both = got.merge(want, on=[C.USER_IDX, C.ITEM_IDX])
+    assert len(both) == len(got)
+    np.testing.assert_allclose(both[C.PREDICTION], both["want"], rtol=0, atol=1e-9)

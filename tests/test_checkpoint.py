@@ -116,10 +116,6 @@ def _cmd(name: str, out: str, *extra: str) -> list[str]:
     return [sys.executable, os.path.join(ROOT, "jobs", f"{name}.py"), *args]
 
 
-def _run(name, out, *extra):
-    return subprocess.run(_cmd(name, out, *extra), capture_output=True, text=True, timeout=900, cwd=ROOT)
-
-
 def _model_dir(out: str) -> str:
     for name in ("models/als", "model"):  # the layout moves to models/<model>/
         if os.path.isdir(os.path.join(out, name, "user_factors")):
@@ -162,11 +158,20 @@ def _run_and_kill(cmd: list[str], after: str, log_path: str, timeout: float = 60
         return f.read()
 
 
-def test_train_als_killed_then_resumed_gives_the_uninterrupted_factors(spark, tmp_path):
+def test_train_als_killed_then_resumed_gives_the_uninterrupted_factors(spark, tmp_path, caplog):
+    """Only the killed run is a subprocess (the driver must die); the uninterrupted reference,
+    the refused resume and the resume run in this process, on the shared session."""
+    import logging
+
+    from mfspark.config import load_config
+    from mfspark.pipeline import run_pipeline
+
     out = str(tmp_path / "out")
-    # prepare + an uninterrupted train_als in one process (each JVM start is costly)
-    plain = _run("pipeline", out, 'pipeline.stages=["prepare", "train_als"]')
-    assert plain.returncode == 0, plain.stderr[-3000:]
+
+    def cfg(*extra):
+        return load_config(None, [*SETTINGS, f"output.path={out}", *extra])
+
+    run_pipeline(cfg('pipeline.stages=["prepare", "train_als"]'), spark)  # uninterrupted
     expected = _factors(spark, out)
     assert not os.path.exists(os.path.join(out, "checkpoints"))
 
@@ -183,16 +188,26 @@ def test_train_als_killed_then_resumed_gives_the_uninterrupted_factors(spark, tm
     assert complete in (["iter-000003"], ["iter-000004"], ["iter-000003", "iter-000004"]), saved
 
     # A resume with other settings is refused with one line naming the difference.
-    refused = _run("train_als", out, "als.checkpoint_interval=1", "als.resume=true", "als.reg=3.0")
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    errors = [line for line in refused.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "als.reg: checkpoint 15.0, now 3.0" in errors[0], refused.stderr[-3000:]
-    assert refused.stderr.strip().splitlines()[-1] == errors[0]
+    with pytest.raises(ConfigError) as refused:
+        run_pipeline(
+            cfg(
+                'pipeline.stages=["train_als"]',
+                "als.checkpoint_interval=1",
+                "als.resume=true",
+                "als.reg=3.0",
+            ),
+            spark,
+        )
+    message = str(refused.value)
+    assert "\n" not in message and "als.reg: checkpoint 15.0, now 3.0" in message, message
 
-    resumed = _run("train_als", out, "als.checkpoint_interval=1", "als.resume=true")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming ALS from the checkpoint of iteration" in resumed.stderr
-    assert "als iteration 1:" not in resumed.stderr and "als iteration 8:" in resumed.stderr
+    with caplog.at_level(logging.INFO, logger="mfspark"):
+        run_pipeline(
+            cfg('pipeline.stages=["train_als"]', "als.checkpoint_interval=1", "als.resume=true"), spark
+        )
+    logged = caplog.text
+    assert "resuming ALS from the checkpoint of iteration" in logged
+    assert "als iteration 1:" not in logged and "als iteration 8:" in logged
     got = _factors(spark, out)
     diffs = {k: float(np.max(np.abs(got[k] - expected[k]))) for k in expected}
     print("max abs diff after kill-and-resume:", diffs)

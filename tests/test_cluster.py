@@ -41,8 +41,11 @@ SOURCES = ("pyproject.toml", "setup.py", "README.md", "mfspark", "conf")
 DATA = [
     *("--set", "synthetic.n_users=300", "--set", "synthetic.n_items=200"),
     *("--set", "synthetic.n_ratings=20000", "--set", "als.max_iter=6", "--set", "als.tol=0"),
+    *("--set", "bpmf.samples=12", "--set", "bpmf.burn_in=4"),  # small data, few sweeps
 ]
-PREDICTION_STAGES = 'pipeline.stages=["prepare","train_als"]'
+# The stages that write predictions: the local reference runs these, the cluster all stages.
+PREDICTION_STAGES = 'pipeline.stages=["prepare","train_als","train_bpmf"]'
+MODELS = ("als", "bpmf")
 RUN_TIMEOUT = 1200  # seconds; only a hung run should meet it, even on a busy machine
 
 
@@ -164,9 +167,8 @@ def installed(tmp_path_factory) -> Installed:
     return Installed(wheel, venv, venv / "bin" / "python", tmp, env)
 
 
-def read_predictions(out: Path, model: str = "als") -> dict[str, np.ndarray]:
-    """One model's test predictions (``<out>/predictions/model=<model>``), sorted: ALS is what
-    every run here trains (the full pipeline trains more models, the local reference not)."""
+def read_predictions(out: Path, model: str) -> dict[str, np.ndarray]:
+    """One model's test predictions (``<out>/predictions/model=<model>``), sorted."""
     table = pq.read_table(out / "predictions" / f"model={model}")
     frame = table.to_pandas().sort_values(["user_id", "item_id"], kind="stable")
     return {c: frame[c].to_numpy() for c in ("user_id", "item_id", "rating", "prediction")}
@@ -258,9 +260,10 @@ def local_predictions(installed, local_run):
     """The predictions of the local-mode run: what every cluster run must reproduce."""
     log = local_run.wait()
     assert f"({installed.venv}/lib/" in log  # the installed copy ran the job
-    predictions = read_predictions(local_run.out)
-    assert len(predictions["prediction"]) > 1000
-    assert np.isfinite(predictions["prediction"]).all()
+    predictions = {model: read_predictions(local_run.out, model) for model in MODELS}
+    for got in predictions.values():
+        assert len(got["prediction"]) > 1000
+        assert np.isfinite(got["prediction"]).all()
     return predictions
 
 
@@ -369,19 +372,12 @@ def check_driver_log(text: str, cluster: Cluster, installed: Installed) -> None:
     assert f"({installed.venv}/lib/" in text  # the driver ran the installed copy
 
 
-def test_spark_submit_of_the_installed_pipeline_matches_local_mode(
+def test_spark_submit_of_the_installed_pipeline_survives_an_executor_kill_and_matches_local_mode(
     installed, cluster, processes, local_predictions
 ):
+    """The whole default pipeline, submitted to the cluster; one executor JVM is SIGKILLed
+    during ALS training. Every model's predictions equal the local-mode run's."""
     run = submit(installed, cluster, processes, "cluster")
-    check_driver_log(run.wait(), cluster, installed)
-    assert_same_predictions(read_predictions(run.out), local_predictions)
-
-
-def test_pipeline_survives_sigkill_of_an_executor_during_training(
-    installed, cluster, processes, local_predictions
-):
-    # Only the stages up to the predictions: the kill is what is tested here.
-    run = submit(installed, cluster, processes, "killed", "--set", PREDICTION_STAGES)
     wait_for(r"als iteration 2:", run.log, run.proc, RUN_TIMEOUT)
     executors = executor_pids(cluster)
     assert len(executors) == 2, executors
@@ -395,4 +391,8 @@ def test_pipeline_survives_sigkill_of_an_executor_during_training(
     after = text[logged_before_kill:]
     assert re.search(r"Lost executor \d+", after), tail(run.log, 80)  # Spark saw the loss ...
     assert re.search(r"als iteration [3-6]:", after)  # ... while training went on
-    assert_same_predictions(read_predictions(run.out), local_predictions)
+    for model in MODELS:
+        assert_same_predictions(read_predictions(run.out, model), local_predictions[model])
+    # The stages after training ran on the cluster too.
+    for name in ("recommendations/model=als", "metrics/summary", "report/index.html"):
+        assert (run.out / name).exists(), name

@@ -15,9 +15,17 @@ ratings, with the augmented vectors ũ_j = [u_j, 1]:
   matrix P whose row j holds the upper triangle of ũ_j ũ_jᵀ ((k+1)(k+2)/2 columns);
 * the right-hand sides are the CSR of targets t_ij = r_ij − μ − c_j times Ũ.
 
+That *sparse* strategy streams (k+1)(k+2)/2 packed values per rating: memory-bound, and the
+cost grows with k². For larger ranks the *dense* strategy is faster: each row's fixed-side
+vectors are gathered into a padded (length × (k+1)) matrix and G_i = Xᵢᵀ Xᵢ, b_i = Xᵢᵀ t_i
+are batched dense matrix products (BLAS-3), rows grouped by their padded length. Which one
+runs is chosen by rank (:func:`gram_strategy`, from ``benchmarks/kernels.py`` on a 2-core
+machine); both give the same sums up to float rounding.
+
 No Python loop runs over rows or ratings. Each row's arithmetic depends only on its own
-ratings (kept in ascending column order), so a row gets bit-identical sums whichever block it
-is in: results never depend on the number of blocks.
+ratings (kept in ascending column order; in the dense strategy padded to a length that is a
+function of its own count), so a row gets bit-identical sums whichever block it is in:
+results never depend on the number of blocks.
 """
 
 from __future__ import annotations
@@ -39,15 +47,50 @@ USER, ITEM = "user", "item"
 # Rows per chunk of a block: bounds the dense (rows × (k+1)²) float64 work arrays.
 CHUNK_ROWS = 32_768
 
+#: Ranks from which the dense (BLAS-3) Gram strategy is used; see gram_strategy.
+DENSE_FROM_RANK = 10**9  # dense is opt-in until its Spark test passes (README, Known gaps)
+
+#: Padded cells (rows × padded length) per batch of the dense strategy: bounds its
+#: (cells × (k+1)) gathered operand.
+DENSE_BATCH_CELLS = 1 << 18
+
+STRATEGIES = ("auto", "sparse", "dense")
+
+
+def gram_strategy(rank: int, strategy: str = "auto") -> str:
+    """The Gram strategy for ``rank``: ``strategy`` itself unless it is ``"auto"``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Gram strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy != "auto":
+        return strategy
+    return "dense" if rank >= DENSE_FROM_RANK else "sparse"
+
+
+def padded_length(counts: np.ndarray) -> np.ndarray:
+    """Padded length of rows with ``counts`` ratings: at least 8, then the count rounded up
+    to a multiple of 1/8 of its power of two (≤ 12.5 % padding). A function of the count
+    alone, so a row's dense products have the same shape in every block."""
+    c = np.maximum(np.asarray(counts, dtype=np.int64), 1)
+    step = np.maximum(1, 2 ** np.maximum(0, np.floor(np.log2(c)).astype(np.int64) - 3))
+    return np.maximum(8, -(-c // step) * step)
+
+
 #: Width of a column tile when the fixed side has rank 10: its packed outer products
 #: (66 float32 per entity) then fill about 1 MB, one core's L2 cache (see tile_width).
 CACHE_BYTES = 1 << 20
 
 
-def tile_width(rank: int) -> int:
-    """Fixed-side entities per column tile for ``rank``: a power of two whose packed outer
-    products fit in ``CACHE_BYTES`` (a function of the rank only, so results never depend
-    on blocking)."""
+#: The tile width meaning "one tile": the dense strategy reads no packed products, so it
+#: gains nothing from tiles, and one tile keeps a block's index (tiles × rows) small.
+ONE_TILE = 1 << 30
+
+
+def tile_width(rank: int, strategy: str = "auto") -> int:
+    """Fixed-side entities per column tile for ``rank``: for the sparse strategy a power of
+    two whose packed outer products fit in ``CACHE_BYTES``; for the dense strategy one tile
+    (a function of the rank only, so results never depend on blocking)."""
+    if gram_strategy(rank, strategy) == "dense":
+        return ONE_TILE
     per_entity = (rank + 1) * (rank + 2) // 2 * 4
     return int(2 ** max(6, int(np.log2(max(1, CACHE_BYTES // per_entity)))))
 
@@ -192,14 +235,30 @@ def normal_equations(
     dtype=np.float32,
     chunk_rows: int = CHUNK_ROWS,
     row_sums: bool = False,
+    strategy: str = "auto",
+    batch_cells: int | None = None,
 ) -> Iterator[NormalEquations]:
     """G_i and b_i (module docstring) for every row of ``block``, chunk by chunk.
 
-    ``dtype`` is the precision of the sparse products (float32 is ~2x faster); the returned
-    arrays are float64, ready for a solve or a Cholesky factorisation. ``row_sums`` also
-    returns Σ_j t_ij² per row (one more sparse product), for a per-row squared error.
+    ``dtype`` is the precision of the products (float32 is ~2x faster); the returned arrays
+    are float64, ready for a solve or a Cholesky factorisation. ``row_sums`` also returns
+    Σ_j t_ij² per row, for a per-row squared error. ``strategy`` is ``"sparse"``,
+    ``"dense"`` or ``"auto"`` (by rank: :func:`gram_strategy`); ``batch_cells`` bounds a
+    dense batch (default ``DENSE_BATCH_CELLS``).
     """
     k = fixed_factors.shape[1]
+    if gram_strategy(k, strategy) == "dense":
+        yield from _dense_normal_equations(
+            block,
+            fixed_factors,
+            fixed_bias,
+            global_mean,
+            dtype,
+            chunk_rows,
+            row_sums,
+            batch_cells or DENSE_BATCH_CELLS,
+        )
+        return
     dim = k + 1
     n_fixed = fixed_factors.shape[0]
     iu, ju, full = triangle_layout(dim)
@@ -246,4 +305,87 @@ def normal_equations(
             counts[start:stop],
             target_sq,
             row_sq[:, 0].astype(np.float64) if row_sums else None,
+        )
+
+
+def _row_major(block: RatingRows, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Global columns and values of rows start..stop in row-major order (a row's ratings
+    ascending by column, as the tiles store them), and each row's first position."""
+    ptrs = np.asarray(block.indptr[:, start : stop + 1], dtype=np.int64)
+    per_tile = np.diff(ptrs, axis=1)  # (tiles, rows)
+    row_start = np.zeros(stop - start + 1, dtype=np.int64)
+    np.cumsum(per_tile.sum(axis=0), out=row_start[1:])
+    before = np.cumsum(per_tile, axis=0) - per_tile  # the row's ratings in earlier tiles
+    cols = np.empty(row_start[-1], dtype=np.int64)
+    values = np.empty(row_start[-1], dtype=np.float32)
+    for t in range(block.n_tiles):
+        a, b = int(ptrs[t, 0]), int(ptrs[t, -1])
+        if a == b:
+            continue
+        shift = row_start[:-1] + before[t] - ptrs[t, :-1]  # storage → row-major position
+        dest = np.repeat(shift, per_tile[t]) + np.arange(a, b)
+        cols[dest] = np.asarray(block.cols[a:b], dtype=np.int64) + t * block.tile_width
+        values[dest] = block.values[a:b]
+    return cols, values, row_start
+
+
+def _dense_normal_equations(
+    block: RatingRows,
+    fixed_factors: np.ndarray,
+    fixed_bias: np.ndarray,
+    global_mean: float,
+    dtype,
+    chunk_rows: int,
+    row_sums: bool,
+    batch_cells: int,
+) -> Iterator[NormalEquations]:
+    """The dense strategy (module docstring): rows grouped by :func:`padded_length`, each
+    group's Gram matrices one batched ``matmul`` of gathered (length × (k+1)) matrices."""
+    k = fixed_factors.shape[1]
+    dim = k + 1
+    n_fixed = fixed_factors.shape[0]
+    # Ũ with one extra zero row: the padding cells gather it and add exact zeros.
+    u_aug = np.zeros((n_fixed + 1, dim), dtype=dtype)
+    u_aug[:n_fixed, :k] = fixed_factors
+    u_aug[:n_fixed, k] = 1.0
+    bias = fixed_bias.astype(dtype, copy=False)
+    counts = block.counts()
+    for start in range(0, block.n_rows, chunk_rows):
+        stop = min(start + chunk_rows, block.n_rows)
+        n = stop - start
+        cols, values, row_start = _row_major(block, start, stop)
+        target = values.astype(dtype, copy=False) - dtype(global_mean)
+        target -= np.take(bias, cols)
+        # position n_cells of the padded arrays: the zero row / zero target
+        cols = np.append(cols, n_fixed)
+        target = np.append(target, dtype(0))
+        gram = np.zeros((n, dim, dim), dtype=dtype)
+        rhs = np.zeros((n, dim), dtype=dtype)
+        row_sq = np.zeros(n, dtype=dtype)
+        cnt = counts[start:stop]
+        length = padded_length(cnt)
+        rated = np.flatnonzero(cnt > 0)
+        by_length = rated[np.argsort(length[rated], kind="stable")]
+        bounds = np.flatnonzero(np.diff(length[by_length])) + 1
+        for group in np.split(by_length, bounds) if len(by_length) else []:
+            width = int(length[group[0]])
+            lanes = np.arange(width)
+            step = max(1, batch_cells // width)
+            for b in range(0, len(group), step):
+                rows = group[b : b + step]
+                pos = row_start[rows, None] + lanes
+                pos = np.where(lanes < cnt[rows, None], pos, len(cols) - 1)
+                x = u_aug[cols[pos]]  # (rows, width, dim)
+                t = target[pos]  # (rows, width)
+                gram[rows] = np.matmul(x.transpose(0, 2, 1), x)
+                rhs[rows] = np.matmul(t[:, None, :], x)[:, 0, :]
+                row_sq[rows] = np.einsum("rw,rw->r", t, t)
+        yield NormalEquations(
+            start,
+            stop,
+            gram.astype(np.float64),
+            rhs.astype(np.float64),
+            cnt,
+            float(np.einsum("i,i->", target[:-1], target[:-1], dtype=np.float64)),
+            row_sq.astype(np.float64) if row_sums else None,
         )

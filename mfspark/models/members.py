@@ -36,6 +36,7 @@ MEMBERS = {
     "als": "mfspark.models.members:fit_predict_als",
     "svd": "mfspark.models.members:fit_predict_svd",
     "residual": "mfspark.models.residual.job:fit_predict",
+    "bpmf": "mfspark.models.bpmf.job:fit_predict",
 }
 
 

@@ -72,11 +72,15 @@ def half_step(
     reg: Regularization,
     dtype=np.float32,
     chunk_rows: int = CHUNK_ROWS,
+    strategy: str = "auto",
+    batch_cells: int | None = None,
 ) -> HalfStepResult:
     """Solve every row of ``block`` with the other side fixed (see module docstring).
 
-    ``dtype`` is the precision of the sparse products (float32 is ~2x faster; the solve is
-    always float64) and of the returned factors.
+    ``dtype`` is the precision of the products (float32 is ~2x faster; the solve is always
+    float64) and of the returned factors; ``strategy`` the Gram strategy
+    (:func:`mfspark.blocks.rows.gram_strategy`); ``chunk_rows`` and ``batch_cells`` bound
+    its work arrays.
     """
     k = fixed_factors.shape[1]
     dim = k + 1
@@ -86,7 +90,17 @@ def half_step(
     row_bias = np.zeros(block.n_rows, dtype=dtype)
     sse = 0.0
     diagonal = np.arange(dim)
-    for eq in normal_equations(block, fixed_factors, fixed_bias, global_mean, dtype, chunk_rows):
+    equations = normal_equations(
+        block,
+        fixed_factors,
+        fixed_bias,
+        global_mean,
+        dtype,
+        chunk_rows,
+        strategy=strategy,
+        batch_cells=batch_cells,
+    )
+    for eq in equations:
         system, cnt = eq.gram, eq.counts
         penalty_diag = reg.row_scale(cnt)[:, None] * reg_diag  # Λ_i, (n, dim)
         system[:, diagonal, diagonal] += penalty_diag

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
-from mfspark.blocks.rows import ITEM, USER, RatingRows, tile_width
+from mfspark.blocks.rows import ITEM, USER, RatingRows
 from mfspark.blocks.spark import BlockStore
 from mfspark.errors import MfsparkError
 from mfspark.models.als.kernels import half_step
@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 def _solve_fn(global_mean: float, params: ALSParams):
     def solve(side: str, train: RatingRows, test: RatingRows, fixed) -> dict:
         fixed_factors, fixed_bias = fixed
-        res = half_step(train, fixed_factors, fixed_bias, global_mean, params.reg, params.dtype)
+        res = half_step(
+            train, fixed_factors, fixed_bias, global_mean, params.reg, params.dtype, **params.kernel
+        )
         # Rows and counts are known to the driver since set-up: only what changes comes back.
         out = {
             "factors": res.factors,
@@ -72,7 +74,7 @@ class SparkBlockSolver:
             test,
             n_users,
             n_items,
-            tile_width(params.rank),
+            params.tile_width,
             num_user_blocks,
             num_item_blocks,
         )

@@ -24,7 +24,14 @@ from typing import Protocol
 import numpy as np
 
 from mfspark.blocks.random import seeded_normal
-from mfspark.blocks.rows import ITEM, USER, RatingRows, tile_width
+from mfspark.blocks.rows import (
+    CHUNK_ROWS,
+    DENSE_BATCH_CELLS,
+    ITEM,
+    USER,
+    RatingRows,
+    tile_width,
+)
 from mfspark.models.als.kernels import Regularization, half_step
 from mfspark.models.factors import BiasedMF, squared_error
 
@@ -41,6 +48,21 @@ class ALSParams:
     init_std: float = 0.1
     clip: tuple[float, float] | None = None
     dtype: type = np.float32
+    gram: str = "auto"  # Gram strategy of the normal equations (mfspark.blocks.rows)
+    # Work-array bounds of the kernels (rows per chunk, cells per dense batch): not results.
+    chunk_rows: int = CHUNK_ROWS
+    batch_cells: int = DENSE_BATCH_CELLS
+    tile: int | None = None  # column tile width; None: tile_width(rank, gram)
+
+    @property
+    def kernel(self) -> dict:
+        """The keyword arguments of :func:`~mfspark.models.als.kernels.half_step` these set."""
+        return {"strategy": self.gram, "chunk_rows": self.chunk_rows, "batch_cells": self.batch_cells}
+
+    @property
+    def tile_width(self) -> int:
+        """Column tile width of the rating blocks for this rank and Gram strategy."""
+        return self.tile or tile_width(self.rank, self.gram)
 
     @classmethod
     def from_config(cls, als, data=None, **overrides) -> ALSParams:
@@ -54,6 +76,7 @@ class ALSParams:
             tol=als.tol,
             init_std=als.init_std,
             clip=clip,
+            gram=als.gram_strategy,
         )
         values.update(overrides)
         return cls(**values)
@@ -243,7 +266,7 @@ class LocalSolver:
         self.n_train = len(r)
         self.global_mean = float(np.mean(r, dtype=np.float64)) if len(r) else 0.0
         users, items = np.arange(n_users), np.arange(n_items)
-        width = tile_width(params.rank)
+        width = params.tile_width
         self.by_user = RatingRows.from_coo(u, i, r, entities=users, width=width)
         self.by_item = RatingRows.from_coo(i, u, r, entities=items, width=width)
         self.item_counts = self.by_item.counts()
@@ -256,9 +279,8 @@ class LocalSolver:
 
     def solve(self, side: str, fixed_factors: np.ndarray, fixed_bias: np.ndarray) -> SideOutcome:
         block = self.by_user if side == USER else self.by_item
-        res = half_step(
-            block, fixed_factors, fixed_bias, self.global_mean, self.params.reg, self.params.dtype
-        )
+        p = self.params
+        res = half_step(block, fixed_factors, fixed_bias, self.global_mean, p.reg, p.dtype, **p.kernel)
         out = SideOutcome(res.rows, res.factors, res.bias, res.counts, res.sse, res.penalty)
         if side == ITEM and self.test_by_item is not None:
             out.test_sse, out.test_abs, out.test_n = squared_error(

@@ -174,3 +174,28 @@ def run_train_bpmf(cfg: Config, spark: SparkSession) -> dict:
         fit_seconds,
     )
     return entry
+
+
+def fit_predict(spark, train, pairs, users, items, cfg) -> DataFrame:
+    """Blend member: sample on ``train``; the posterior predictive means of ``pairs`` (the
+    average of the kept samples' predictions, as the stage's test predictions)."""
+    b = cfg.bpmf
+    params = BPMFParams.from_config(b, clip=training_clip(train, b.clip_predictions))
+    # The pairs ride along as the sampler's test rows; their ratings (when there are any)
+    # only feed its logged test RMSE.
+    rating = F.col(C.RATING) if C.RATING in pairs.columns else F.lit(0.0)
+    scored = pairs.select(C.USER_IDX, C.ITEM_IDX, rating.cast("double").alias(C.RATING))
+    _, result, _ = fit_bpmf(
+        spark,
+        train,
+        scored,
+        users,
+        items,
+        params,
+        b.num_user_blocks,
+        b.num_item_blocks,
+        cfg.als.max_broadcast_mb,
+        name=f"{MODEL_NAME} (blend member)",
+    )
+    keys = pairs.select(C.USER_IDX, C.ITEM_IDX)
+    return predictions_frame(spark, result, keys).select(C.USER_IDX, C.ITEM_IDX, C.PREDICTION)
