@@ -10,10 +10,31 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Files that hold the longest tests start first: with ``--dist loadfile`` the
+# workers take whole files in collection order, so a long file collected last
+# would run alone at the end.
+SLOW_FIRST = (
+    "test_cluster.py",
+    "test_checkpoint.py",
+    "test_commit.py",
+    "test_evaluation.py",
+    "test_autorec.py",
+    "test_report.py",
+    "test_jobs.py",
+    "test_als_spark.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.spark)
+
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file is kept
 
 
 @pytest.fixture(scope="session")
