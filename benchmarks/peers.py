@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import time
 
 import numpy as np
 import pandas as pd
+from ml100k import FOLDS, require_folds, write_json
 
-FOLDS = [f"u{k}" for k in range(1, 6)]
 COLUMNS = ["user", "item", "rating", "timestamp"]
 
 
@@ -107,15 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("surprise", "mllib"))
     parser.add_argument("--json", help="write the best setting of every peer here")
     args = parser.parse_args(argv)
-    missing = [
-        f for f in FOLDS for s in ("base", "test") if not os.path.exists(f"{args.ml100k}/{f}.{s}")
-    ]
-    if missing:
-        print(
-            f"error: {args.ml100k} lacks {missing[0]}: give the MovieLens 100K directory",
-            file=sys.stderr,
-        )
-        return 2
+    require_folds(args.ml100k)
     results = []
     if args.only in (None, "surprise"):
         for name, grid in SURPRISE_GRID.items():
@@ -135,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = [{"rank": 20, "reg": r, "max_iter": 20} for r in (0.05, 0.1, 0.15, 0.2)]
         results.append(best("Spark MLlib ALS", grid, lambda p: mllib_rmse(spark, args.ml100k, **p)))
         spark.stop()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(args.json, results)
     return 0
 
 

@@ -50,6 +50,13 @@ class Details:
 
 
 @dataclass
+class Row:
+    """Blocks shown side by side in the page (wrapping when narrow); Markdown shows them in turn."""
+
+    blocks: list = field(default_factory=list)
+
+
+@dataclass
 class Section:
     id: str
     title: str
@@ -100,6 +107,7 @@ th, td { border: 1px solid #d0d7de; padding: 3px 9px; text-align: left; vertical
 th { background: #f6f8fa; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tbody tr:nth-child(even) { background: #fafbfc; }
+.row { display: flex; flex-wrap: wrap; gap: 0 22px; align-items: flex-start; }
 details { margin: 10px 0; }
 summary { cursor: pointer; font-weight: 600; }
 code { font-size: 13px; }
@@ -147,6 +155,8 @@ def _html_block(block: Any) -> str:
             f'<table id="{block.id}"><caption>{html.escape(block.caption)}</caption>'
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         )
+    if isinstance(block, Row):
+        return '<div class="row">' + "".join(_html_block(b) for b in block.blocks) + "</div>"
     if isinstance(block, Details):
         inner = "".join(_html_block(b) for b in block.blocks)
         return f"<details><summary>{html.escape(block.summary)}</summary>{inner}</details>"
@@ -201,6 +211,8 @@ def _md_block(block: Any) -> list[str]:
         lines.append("|" + "|".join("---:" if c in num else "---" for c in block.columns) + "|")
         lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in block.rows]
         return [*lines, ""]
+    if isinstance(block, Row):
+        return [line for b in block.blocks for line in _md_block(b)]
     if isinstance(block, Details):
         return (
             [f"<details><summary>{block.summary}</summary>", ""]

@@ -28,6 +28,7 @@ from mfspark.report.document import (
     Details,
     Figure,
     Note,
+    Row,
     Section,
     Table,
     fmt_float,
@@ -266,7 +267,8 @@ class Builder:
         s.blocks += self.figure(
             "fig-history",
             "RMSE after each iteration (ALS) or sweep (samplers), on train and on the held-out "
-            "test ratings.",
+            "test ratings. A sampler's test RMSE is that of one draw during burn-in and of the "
+            "running posterior mean after it, hence the drop where burn-in ends.",
             plots.history,
             self.history,
             self.colors,
@@ -413,7 +415,8 @@ class Builder:
             return s
         s.blocks += self.figure(
             "fig-ranking",
-            "Top-k ranking metrics per model against the list length k (higher is better).",
+            "Top-k ranking metrics per model (higher is better): one bar per model and metric "
+            "when one list length k was scored, else each metric against k.",
             plots.ranking,
             self.ranking,
             self.colors,
@@ -475,6 +478,7 @@ class Builder:
             )
         title = lambda item: titles.get(str(item), "")  # noqa: E731
         with_titles = bool(titles)
+        tables = []
         if recs.liked:
             cols = ["user_id", "item_id", *(["title"] if with_titles else []), "rating"]
             rows = [
@@ -486,7 +490,7 @@ class Builder:
                 ]
                 for r in recs.liked
             ]
-            s.blocks.append(
+            tables.append(
                 Table(
                     "tbl-liked",
                     "What these users rated highest in training (top 5)",
@@ -496,6 +500,9 @@ class Builder:
                 )
             )
         for model in sorted({r["model"] for r in recs.rows}):
+            picked = [r for r in recs.rows if r["model"] == model]
+            # Popularity scores are counts: shown as integers, model scores as predicted ratings.
+            counts = all(float(r["score"]).is_integer() for r in picked)
             cols = ["user_id", "rank", "item_id", *(["title"] if with_titles else []), "score"]
             rows = [
                 [
@@ -503,12 +510,11 @@ class Builder:
                     fmt_int(r["rank"]),
                     str(r[C.ITEM_ID]),
                     *([title(r[C.ITEM_ID])] if with_titles else []),
-                    fmt_float(r["score"], 3),
+                    fmt_int(r["score"]) if counts else fmt_float(r["score"], 3),
                 ]
-                for r in recs.rows
-                if r["model"] == model
+                for r in picked
             ]
-            s.blocks.append(
+            tables.append(
                 Table(
                     f"tbl-recs-{_slug(model)}",
                     f"Top recommendations of {model}",
@@ -517,6 +523,7 @@ class Builder:
                     ("rank", "score"),
                 )
             )
+        s.blocks.append(Row(tables))  # side by side: one user's lists line up across models
         return s
 
     def benchmark_section(self) -> Section:

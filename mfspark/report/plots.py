@@ -189,18 +189,29 @@ def history(rows, colors) -> str:
     return _draw(_history, rows, colors)
 
 
+def _grouped_bars(ax, groups: Sequence[str], models: Sequence[str], value, colors: dict, labels=None):
+    """One bar per (group, model), the models side by side within a group. ``value(m, g)``:
+    the bar's height or None; ``labels``: a format for a value label on each bar."""
+    x = np.arange(len(groups))
+    bar = 0.8 / max(1, len(models))
+    for k, m in enumerate(models):
+        ys = [value(m, g) for g in groups]
+        ys = [np.nan if y is None else y for y in ys]
+        bars = ax.bar(x - 0.4 + bar * (k + 0.5), ys, bar, color=colors.get(m, "#333333"), label=m)
+        if labels:
+            ax.bar_label(bars, labels=["" if np.isnan(y) else labels.format(y) for y in ys], fontsize=8)
+    return x
+
+
 def _segments(summary: Sequence[dict], segments: Sequence[str], n_by_segment: dict, colors: dict):
     models = sorted({r["model"] for r in summary})
     width = max(8.5, min(14.0, 1.1 * len(segments) * max(1.0, len(models) / 2.5) + 2))
     fig, axes = _figure(width, 7.4, nrows=2)
-    x = np.arange(len(segments))
-    bar = 0.8 / max(1, len(models))
     value = {(r["model"], r["segment"]): r for r in summary}
     for ax, key in zip(axes, ("rmse", "mae"), strict=True):
-        for k, m in enumerate(models):
-            ys = [value.get((m, s), {}).get(key) for s in segments]
-            ys = [np.nan if y is None else y for y in ys]
-            ax.bar(x - 0.4 + bar * (k + 0.5), ys, bar, color=colors[m], label=m)
+        x = _grouped_bars(
+            ax, segments, models, lambda m, s, key=key: value.get((m, s), {}).get(key), colors
+        )
         ax.set_xticks(x, [f"{s}\nn={n_by_segment.get(s, 0):,}" for s in segments], fontsize=9.5)
         ax.set_ylabel(f"{key.upper()} (rating units)")
         ax.set_title(f"Test {key.upper()} by segment (lower is better)")
@@ -248,10 +259,23 @@ def calibration(calibs, colors) -> str:
 
 def _ranking(rows: Sequence[dict], colors: dict):
     metrics = sorted({r["metric"] for r in rows})
+    models = sorted({r["model"] for r in rows})
+    ks = sorted({r["k"] for r in rows})
+    if len(ks) == 1:  # one list length: a grouped bar chart, metrics side by side
+        fig, axes = _figure(max(8.5, 1.2 * len(metrics) * max(1.0, len(models) / 2.5) + 2), 4.2)
+        ax = axes[0]
+        value = {(r["model"], r["metric"]): r["value"] for r in rows}
+        x = _grouped_bars(ax, metrics, models, lambda m, g: value.get((m, g)), colors, labels="{:.2f}")
+        ax.set_xticks(x, [f"{metric}@{ks[0]}" for metric in metrics])
+        ax.set_ylabel("value (0 to 1)")
+        ax.set_title(f"Ranking metrics of the top-{ks[0]} lists (higher is better)")
+        finite = [r["value"] for r in rows if r["value"] is not None]
+        ax.set_ylim(0, max(finite or [1.0]) * 1.2)
+        ax.legend(loc="upper left", ncols=min(len(models), 4), fontsize=9.5)
+        return fig
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     fig, axes = _figure(3.9 * ncols + 0.6, 3.5 * nrows, ncols=ncols, nrows=nrows)
-    models = sorted({r["model"] for r in rows})
     for ax, metric in zip(axes, metrics, strict=False):
         for m in models:
             pts = sorted((r["k"], r["value"]) for r in rows if r["model"] == m and r["metric"] == metric)
@@ -262,8 +286,8 @@ def _ranking(rows: Sequence[dict], colors: dict):
         ax.set_title(metric)
         ax.set_xlabel("k (list length)")
         ax.set_ylabel(f"{metric}@k")
-        ks = sorted({r["k"] for r in rows if r["metric"] == metric})
-        ax.set_xticks(ks, [str(k) for k in ks])
+        ks_metric = sorted({r["k"] for r in rows if r["metric"] == metric})
+        ax.set_xticks(ks_metric, [str(k) for k in ks_metric])
         if ax is axes[0]:
             ax.legend(loc="best", fontsize=9)
     for ax in axes[len(metrics) :]:
