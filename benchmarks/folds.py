@@ -96,6 +96,16 @@ def table(figures: dict[str, dict], key: str, fmt: str = "{:.5f}") -> str:
     return "\n".join(lines)
 
 
+def transposed(markdown: str, corner: str) -> str:
+    """A Markdown table with rows and columns swapped (wide tables read better tall)."""
+    rows = [line.strip("|").split("|") for line in markdown.splitlines()]
+    rows = [r for r in rows if not set("".join(r)) <= set("-: ")]
+    cols = [[c.strip() for c in col] for col in zip(*rows, strict=True)]
+    cols[0][0] = corner
+    lines = ["| " + " | ".join(cols[0]) + " |", "|---" * len(cols[0]) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cols[1:]])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ml100k", help="directory holding u1.base … u5.test")
@@ -119,13 +129,17 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)  # fmt: skip
     print("\nTest RMSE (all test rows)\n" + table(figures, "rmse"))
     if any("bpmf_coverage_95" in f for f in figures.values()):
-        cov = {k: {"bpmf": v["bpmf_coverage_95"]} for k, v in figures.items() if "bpmf_coverage_95" in v}
+        cov = {
+            k: {"coverage": {"bpmf": v["bpmf_coverage_95"]}}
+            for k, v in figures.items()
+            if "bpmf_coverage_95" in v
+        }
         print(
             "\nBayesian MF: share of test ratings inside prediction ± 1.96 sd\n"
-            + table(cov, "bpmf", "{:.4f}")
+            + table(cov, "coverage", "{:.4f}")
         )
     if any("ranking" in f for f in figures.values()):
-        print("\nRanking metrics\n" + table(figures, "ranking", "{:.4f}"))
+        print("\nRanking metrics\n" + transposed(table(figures, "ranking", "{:.4f}"), "model/metric@k"))
     print("\nStage seconds\n" + table(figures, "stage_seconds", "{:.1f}"))
     write_json(args.json, figures)
     return 0
