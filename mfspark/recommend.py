@@ -200,6 +200,14 @@ def _split_fn(num_blocks: int):
     return split
 
 
+def _positions(index: np.ndarray, size: int) -> np.ndarray:
+    """A lookup table: ``table[v]`` is the position of ``v`` in ``index`` (ascending), or −1,
+    for 0 ≤ v < max(size, max(index) + 1)."""
+    table = np.full(max(size, int(index.max(initial=-1)) + 1), -1, dtype=np.int32)
+    table[index] = np.arange(len(index))
+    return table
+
+
 def _rank_fn(broadcast, k: int):
     """mapPartitions: a block's pieces → its rows' top-K lists, as byte arrays per piece."""
 
@@ -214,15 +222,15 @@ def _rank_fn(broadcast, k: int):
         cols = np.concatenate([np.frombuffer(p[1], dtype=np.int32) for p in pieces])
         scorer: Scorer = broadcast.value
         targets = np.unique(rows[cols < 0])  # the rows to rank; the rest are seen pairs
+        # Seen pairs → (target position, candidate position) by lookup tables (−1: not one).
         pairs = cols >= 0
-        pos = np.searchsorted(targets, rows[pairs])
-        col_pos = np.searchsorted(scorer.col_index, cols[pairs])
-        ok = (pos < len(targets)) & (col_pos < scorer.n_candidates)
-        ok[ok] &= (targets[pos[ok]] == rows[pairs][ok]) & (
-            scorer.col_index[col_pos[ok]] == cols[pairs][ok]
-        )
-        indptr, seen = seen_csr(len(targets), pos[ok], col_pos[ok])
-        del rows, cols, pieces
+        seen_rows, seen_cols = rows[pairs], cols[pairs]
+        row_pos = _positions(targets, int(seen_rows.max(initial=-1)) + 1)
+        col_pos = _positions(scorer.col_index, int(seen_cols.max(initial=-1)) + 1)
+        pos, cpos = row_pos[seen_rows], col_pos[seen_cols]
+        ok = (pos >= 0) & (cpos >= 0)
+        indptr, seen = seen_csr(len(targets), pos[ok], cpos[ok])
+        del rows, cols, pieces, seen_rows, seen_cols, pos, cpos, ok
         for a in range(0, len(targets), ROWS_PER_PIECE):
             b = min(a + ROWS_PER_PIECE, len(targets))
             block_rows = targets[a:b]
