@@ -63,7 +63,6 @@ JOBS: tuple[Job, ...] = (
         "AutoRec (item- or user-based, optionally denoising) on the autoencoder inputs; write "
         "models/autorec[_user]/, predictions/model=autorec[_user]/, metrics/.",
         preflight="mfspark.models.autorec.job:preflight_train_autorec",
-        stage=OPTIONAL_STAGE,
     ),
     Job(
         "train_svd",
@@ -84,7 +83,6 @@ JOBS: tuple[Job, ...] = (
         "mfspark.models.blend.job:run_train_blend",
         "Ridge blend of trained models, weights fitted on a held-out share of train; write "
         "models/blend/, predictions/model=blend/, metrics/summary.",
-        stage=OPTIONAL_STAGE,
     ),
     Job(
         "evaluate",

@@ -139,3 +139,51 @@ def test_bpmf_member_predicts_the_pairs_as_the_single_process_sampler(spark, pre
     both = got.merge(want, on=[C.USER_IDX, C.ITEM_IDX])
     assert len(both) == len(got)
     np.testing.assert_allclose(both[C.PREDICTION], both["want"], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("member,orientation", [("autorec", "by_item"), ("autorec_user", "by_user")])
+def test_autorec_member_predicts_the_pairs_as_the_single_process_network(
+    spark, prepared_out, member, orientation
+):
+    """The AutoRec members (train on train, predict given pairs) against the same network
+    trained in one process (``LocalEvaluator``) on vectors built from the same train ratings,
+    scored at the pairs from those vectors."""
+    import dataclasses
+
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from mfspark.autoencoder import build_rows
+    from mfspark.models.autorec.network import Shape, predict_cells
+    from mfspark.models.autorec.train import AutoRecParams, LocalEvaluator, blocks_from_table, fit
+    from mfspark.models.members import fit_predict
+
+    out, (train, test, users, items) = prepared_out
+    cfg = load_config(
+        None,
+        [f"output.path={out}", "autorec.hidden=4", "autorec.epochs=6", "autorec.precision=float64"],
+    )
+    pairs = test.select(C.USER_IDX, C.ITEM_IDX)
+    got = fit_predict(member, spark, train, pairs, users, items, cfg).toPandas()
+    assert list(got.columns) == [C.USER_IDX, C.ITEM_IDX, C.PREDICTION] and len(got) == test.count()
+
+    tr = train.toPandas()
+    params = AutoRecParams.from_config(
+        dataclasses.replace(cfg.autorec, orientation=orientation),
+        clip=(float(tr[C.RATING].min()), float(tr[C.RATING].max())),
+    )
+    width = (users if orientation == "by_item" else items).count()
+    scored = pairs.withColumn(C.RATING, F.lit(0.0).cast("float"))
+    entities = items if orientation == "by_item" else users
+    table = pa.Table.from_pandas(build_rows(train, scored, entities, orientation, 1).toPandas())
+    blocks = blocks_from_table(table, orientation, width, params)
+    shape = Shape(width, params.hidden)
+    result = fit(LocalEvaluator(blocks, shape, params), params, float(tr[C.RATING].mean()))
+    want = {}
+    for b in blocks:
+        p = predict_cells(result.theta, shape, b.inputs, b.test, params.activation, params.clip)
+        rows = np.repeat(b.row_idx, np.diff(b.test.indptr))
+        for r, c, v in zip(rows, b.test.indices, p, strict=True):
+            want[(c, r) if orientation == "by_item" else (r, c)] = v
+    mine = [want[(u, i)] for u, i in zip(got[C.USER_IDX], got[C.ITEM_IDX], strict=True)]
+    np.testing.assert_allclose(got[C.PREDICTION], mine, rtol=0, atol=1e-6)

@@ -37,6 +37,8 @@ MEMBERS = {
     "svd": "mfspark.models.members:fit_predict_svd",
     "residual": "mfspark.models.residual.job:fit_predict",
     "bpmf": "mfspark.models.bpmf.job:fit_predict",
+    "autorec": "mfspark.models.autorec.job:fit_predict",
+    "autorec_user": "mfspark.models.autorec.job:fit_predict_user",
 }
 
 

@@ -352,3 +352,56 @@ def run_train_autorec(cfg: Config, spark: SparkSession) -> dict:
         fit_seconds,
     )
     return entry
+
+
+def _fit_predict(spark, train, pairs, users, items, cfg, orientation: str) -> DataFrame:
+    """Blend member: AutoRec of ``orientation`` trained on ``train``; its predictions at
+    ``pairs`` (computed from the train vectors, as the stage's test predictions; every pair's
+    row gets a vector, so each is scored — the train mean only guards the join)."""
+    import dataclasses
+
+    from mfspark.autoencoder import build_rows
+
+    check_config(cfg)
+    ar = dataclasses.replace(cfg.autorec, orientation=orientation)
+    stats = train.agg(F.min(C.RATING), F.max(C.RATING), F.avg(C.RATING)).first()
+    if stats[2] is None:
+        raise InputError(f"{MODEL_NAMES[orientation]} (blend member): no train ratings")
+    clip = (float(stats[0]), float(stats[1])) if ar.clip_predictions else None
+    global_mean = float(stats[2])
+    params = AutoRecParams.from_config(ar, clip=clip)
+    partitions = ar.num_partitions or spark.sparkContext.defaultParallelism
+    scored = pairs.select(C.USER_IDX, C.ITEM_IDX, F.lit(0.0).cast("float").alias(C.RATING))
+    entities = items if orientation == "by_item" else users
+    width = (users if orientation == "by_item" else items).count()
+    rows = build_rows(train, scored, entities, orientation, partitions).persist()
+    evaluator = SparkEvaluator(spark, rows, orientation, width, params, partitions)
+    try:
+        result = fit(evaluator, params, global_mean)
+        cells, bc = predict_test_cells(rows, orientation, result.theta, evaluator.shape, params)
+        try:  # the pairs are a validation share of train: small enough to hold on the driver
+            scores = cells.toPandas()
+        finally:
+            bc.destroy()
+    finally:
+        evaluator.close()
+        rows.unpersist()
+    keys = pairs.select(C.USER_IDX, C.ITEM_IDX)
+    if len(scores):
+        found = spark.createDataFrame(scores).select(C.USER_IDX, C.ITEM_IDX, C.PREDICTION)
+        keys = keys.join(found, [C.USER_IDX, C.ITEM_IDX], "left")
+    else:
+        keys = keys.withColumn(C.PREDICTION, F.lit(None).cast("double"))
+    return keys.select(
+        C.USER_IDX, C.ITEM_IDX, F.coalesce(C.PREDICTION, F.lit(global_mean)).alias(C.PREDICTION)
+    )
+
+
+def fit_predict(spark, train, pairs, users, items, cfg) -> DataFrame:
+    """Blend member ``autorec`` (I-AutoRec: one row per item)."""
+    return _fit_predict(spark, train, pairs, users, items, cfg, "by_item")
+
+
+def fit_predict_user(spark, train, pairs, users, items, cfg) -> DataFrame:
+    """Blend member ``autorec_user`` (U-AutoRec: one row per user)."""
+    return _fit_predict(spark, train, pairs, users, items, cfg, "by_user")
