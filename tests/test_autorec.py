@@ -427,3 +427,25 @@ def test_missing_inputs_fail_before_spark(tmp_path, run_job):
     lines = [ln for ln in result.stderr.splitlines() if "error" in ln]
     assert len(lines) == 1 and "ae_inputs/by_item" in lines[0] and "build_autoencoder_inputs" in lines[0]
     assert "Spark" not in result.stderr  # failed before the JVM started
+
+
+def test_optimizer_state_over_the_machine_memory_is_refused_with_the_remedies():
+    import os
+
+    from mfspark.models.autorec.job import check_driver_memory, optimizer_bytes
+
+    params = AutoRecParams(hidden=500, lbfgs_history=5, dtype=np.float32)
+    # By hand: (5 + 2·5) vectors of |θ| = 2·w·h + h + w float32 values.
+    w = 138_493
+    assert optimizer_bytes(w, params) == 15 * (2 * w * 500 + 500 + w) * 4
+    rprop = AutoRecParams(hidden=500, optimizer="rprop", dtype=np.float64)
+    assert optimizer_bytes(w, rprop) == 5 * (2 * w * 500 + 500 + w) * 8
+    check_driver_memory(1_000, params, "autorec")  # 60 MB: fine anywhere
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    too_wide = int(total / (15 * 4 * 2 * 500)) + 1  # |θ| alone puts the state over the memory
+    with pytest.raises(ConfigError) as err:
+        check_driver_memory(too_wide, params, "autorec")
+    message = str(err.value)
+    assert "\n" not in message and "autorec.hidden=500" in message
+    assert "autorec.optimizer=rprop" in message and "pipeline.stages" in message
+    assert "precision" not in message  # float32 already

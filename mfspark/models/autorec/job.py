@@ -83,6 +83,33 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"config key autorec.input_dropout must be in [0, 1), got {ar.input_dropout}")
 
 
+def optimizer_bytes(width: int, params: AutoRecParams) -> int:
+    """Driver memory the optimiser keeps: (5 + 2·history)·|θ| for L-BFGS, 5·|θ| for Rprop."""
+    vectors = 5 + 2 * params.lbfgs_history if params.optimizer == "lbfgs" else 5
+    return vectors * Shape(width, params.hidden).size * np.dtype(params.dtype).itemsize
+
+
+def check_driver_memory(width: int, params: AutoRecParams, name: str) -> None:
+    """Refuse, before training, a network whose optimiser state would not fit in this
+    machine's memory (the driver's): with the size and the remedies."""
+    import os
+
+    need = optimizer_bytes(width, params)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not knowable here: nothing to check
+        return
+    if need > 0.6 * total:
+        raise ConfigError(
+            f"{name}: the optimiser keeps {need / 2**30:.1f} GiB on the driver "
+            f"(rows of width {width:,}, autorec.hidden={params.hidden}), over 60% of this "
+            f"machine's {total / 2**30:.1f} GiB; lower autorec.hidden or autorec.lbfgs_history, "
+            "use autorec.optimizer=rprop"
+            + (", autorec.precision=float32" if np.dtype(params.dtype).itemsize > 4 else "")
+            + ", or leave train_autorec out of pipeline.stages"
+        )
+
+
 def missing_input_message(out: str, orientation: str) -> str:
     return (
         f"no autoencoder inputs at {join(out, C.AE_PATHS[orientation])}; train_autorec needs them: "
@@ -226,6 +253,7 @@ def run_train_autorec(cfg: Config, spark: SparkSession) -> dict:
         raise InputError(f"{join(out, C.AE_METADATA)} records no train ratings; nothing to train on")
     global_mean = float(meta["global_mean"])
     params = AutoRecParams.from_config(ar, clip=clip)
+    check_driver_memory(width, params, name)
     rows = spark.read.parquet(join(out, C.AE_PATHS[orientation]))
     partitions = ar.num_partitions or spark.sparkContext.defaultParallelism
     evaluator = SparkEvaluator(spark, rows, orientation, width, params, partitions)
@@ -374,6 +402,7 @@ def _fit_predict(spark, train, pairs, users, items, cfg, orientation: str) -> Da
     scored = pairs.select(C.USER_IDX, C.ITEM_IDX, F.lit(0.0).cast("float").alias(C.RATING))
     entities = items if orientation == "by_item" else users
     width = (users if orientation == "by_item" else items).count()
+    check_driver_memory(width, params, f"{MODEL_NAMES[orientation]} (blend member)")
     rows = build_rows(train, scored, entities, orientation, partitions).persist()
     evaluator = SparkEvaluator(spark, rows, orientation, width, params, partitions)
     try:
