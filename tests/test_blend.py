@@ -37,6 +37,13 @@ def test_ridge_from_statistics_equals_direct_solution():
     assert stats.rmse(a, w) < min(stats.member_rmse(m) for m in range(3))
 
 
+def test_every_member_the_config_accepts_has_a_fit_and_predict_function():
+    from mfspark.config import BLEND_MEMBERS
+    from mfspark.models.members import MEMBERS
+
+    assert list(MEMBERS) == list(BLEND_MEMBERS)
+
+
 def test_config_rejects_a_single_or_repeated_member():
     with pytest.raises(ConfigError, match="blend.models"):
         load_config(None, ['blend.models=["als"]'])
@@ -72,8 +79,8 @@ def test_bad_members_fail_before_fitting(spark, prepared_out):
     cfg = lambda *s: load_config(None, [f"output.path={out}", *SETTINGS, *s])  # noqa: E731
     with pytest.raises(ConfigError, match=r"blend.models: member 'als' was not trained"):
         run_train_blend(cfg('blend.models=["als", "svd"]'), spark)
-    with pytest.raises(ConfigError, match=r"blend.models: 'autorec' cannot be blended"):
-        run_train_blend(cfg('blend.models=["als", "autorec"]'), spark)
+    with pytest.raises(ConfigError, match=r"blend.models: member 'autorec_user' was not trained"):
+        run_train_blend(cfg('blend.models=["autorec_user", "bpmf"]'), spark)
     with pytest.raises(ConfigError, match="blend.validation_fraction"):
         run_train_blend(cfg("blend.validation_fraction=0.0"), spark)
     with pytest.raises(ConfigError, match="blend.models is empty"):

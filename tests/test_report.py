@@ -247,7 +247,9 @@ def full_run(spark, tmp_path_factory):
         cfg.replace("pipeline", stages=["prepare", "train_als", "evaluate", "report"]), spark
     )
     extras = _write_extras(spark, out, items_file)
-    entry = run_report(cfg, spark)
+    # The stages whose outputs this run holds (AutoRec and the blend are not among them).
+    stages = ["prepare", "train_als", "train_bpmf", "build_autoencoder_inputs", "evaluate"]
+    entry = run_report(cfg.replace("pipeline", stages=[*stages, "recommend", "report"]), spark)
     return out, cfg, extras, first["report"], entry
 
 
