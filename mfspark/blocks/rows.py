@@ -48,7 +48,7 @@ USER, ITEM = "user", "item"
 CHUNK_ROWS = 32_768
 
 #: Ranks from which the dense (BLAS-3) Gram strategy is used; see gram_strategy.
-DENSE_FROM_RANK = 10**9  # dense is opt-in until its Spark test passes (README, Known gaps)
+DENSE_FROM_RANK = 10**9  # dense is opt-in until its crossover is measured (README, Known gaps)
 
 #: Padded cells (rows × padded length) per batch of the dense strategy: bounds its
 #: (cells × (k+1)) gathered operand.
