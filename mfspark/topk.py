@@ -62,40 +62,32 @@ class TopK:
         )
 
 
-def _groups(m: int) -> int:
-    """How many strided groups ``m`` columns are cut into (0: too few columns for groups)."""
-    return m // GROUP
-
-
 def select_top_k(keys: np.ndarray, k: int) -> TopK:
     """The top ``k`` of every row of ``keys`` (−∞ entries excluded), ties by column."""
     n, m = keys.shape
     if n == 0 or m == 0:
         return TopK.concat([])
     kk = min(k, m)
-    g = _groups(m)
+    g = m // GROUP  # strided groups of GROUP columns
     if g < kk:  # few columns: the K-th largest key itself, and one comparison pass
         bound = -np.partition(-keys, kk - 1, axis=1)[:, kk - 1]
         rows, cols = np.nonzero(keys >= bound[:, None])
     else:
         # Group q holds the columns q, q + g, q + 2g, … (GROUP of them): the group maxima are
         # an element-wise maximum over GROUP contiguous slabs, one streaming pass.
-        main = keys[:, : g * GROUP].reshape(n, GROUP, g)
-        maxima = main.max(axis=1)
+        maxima = keys[:, : g * GROUP].reshape(n, GROUP, g).max(axis=1)
         bound = -np.partition(-maxima, kk - 1, axis=1)[:, kk - 1]
         # Only groups whose maximum reaches the bound can hold a top-K entry: gather them.
         grow, gcol = np.nonzero(maxima >= bound[:, None])
         cand_cols = gcol[:, None] + g * np.arange(GROUP)
-        cand_rows = np.broadcast_to(grow[:, None], cand_cols.shape)
-        rows, cols = cand_rows.ravel(), cand_cols.ravel()
+        rows = np.broadcast_to(grow[:, None], cand_cols.shape).ravel()
+        cols = cand_cols.ravel()
         if g * GROUP < m:  # the columns past the last full slab: every one is a candidate
             tail = np.arange(g * GROUP, m)
             rows = np.concatenate([rows, np.repeat(np.arange(n), len(tail))])
             cols = np.concatenate([cols, np.tile(tail, n)])
-        keep = keys[rows, cols] >= bound[rows]
-        rows, cols = rows[keep], cols[keep]
     vals = keys[rows, cols]
-    keep = vals != -np.inf
+    keep = (vals >= bound[rows]) & (vals != -np.inf)
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
     order = np.lexsort((cols, -vals, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]

@@ -415,12 +415,8 @@ def _fit_predict(spark, train, pairs, users, items, cfg, orientation: str) -> Da
     finally:
         evaluator.close()
         rows.unpersist()
-    keys = pairs.select(C.USER_IDX, C.ITEM_IDX)
-    if len(scores):
-        found = spark.createDataFrame(scores).select(C.USER_IDX, C.ITEM_IDX, C.PREDICTION)
-        keys = keys.join(found, [C.USER_IDX, C.ITEM_IDX], "left")
-    else:
-        keys = keys.withColumn(C.PREDICTION, F.lit(None).cast("double"))
+    found = spark.createDataFrame(scores, cells.schema)
+    keys = pairs.select(C.USER_IDX, C.ITEM_IDX).join(found, [C.USER_IDX, C.ITEM_IDX], "left")
     return keys.select(
         C.USER_IDX, C.ITEM_IDX, F.coalesce(C.PREDICTION, F.lit(global_mean)).alias(C.PREDICTION)
     )
