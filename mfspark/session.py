@@ -127,3 +127,23 @@ def worker_single_thread() -> None:
     """
     for var in SINGLE_THREAD_ENV:
         os.environ.setdefault(var, "1")
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a Spark size string (``1g``, ``512m``, ``2048k``, ``1024``: bytes; ``kb`` etc.
+    also accepted), as Spark parses ``spark.driver.maxResultSize``."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgtp]?)b?\s*", str(text).lower())
+    if not match:
+        raise MfsparkError(
+            f"cannot read the Spark size {text!r} (expected e.g. 1g, 512m, 0 for unlimited)"
+        )
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+#: Pickling and task-result framing on top of the raw arrays a job collects (e.g. an ALS
+#: half-step's factors, an AutoRec gradient).
+RESULT_OVERHEAD = 1.05
+RESULT_OVERHEAD_BYTES = 1 << 20

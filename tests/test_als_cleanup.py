@@ -13,8 +13,9 @@ from leaks import leftover_dirs, persistent_rdds, worker_root
 
 from mfspark.blocks import spark as blocks
 from mfspark.errors import MfsparkError
-from mfspark.models.als.spark import SparkBlockSolver, check_result_size, parse_size
+from mfspark.models.als.spark import SparkBlockSolver, check_result_size
 from mfspark.models.als.train import ALSParams, run_als
+from mfspark.session import parse_size
 
 stores = leaks.stores  # the fixture recording every BlockStore a test creates
 

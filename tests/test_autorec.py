@@ -262,9 +262,17 @@ def ae_out(spark, tmp_path_factory):
     return out, train, test
 
 
-@pytest.mark.parametrize("orientation", ["by_item", "by_user"])
-def test_distributed_gradient_equals_single_process(spark, ae_out, orientation):
-    from mfspark.models.autorec.spark import SparkEvaluator
+@pytest.mark.parametrize(
+    "orientation,chunk_bytes", [("by_item", 64 << 20), ("by_user", 64 << 20), ("by_item", 1000)]
+)
+def test_distributed_gradient_equals_single_process(
+    spark, ae_out, orientation, chunk_bytes, monkeypatch
+):
+    from mfspark.models.autorec import spark as autorec_spark
+    from mfspark.models.autorec.spark import SparkEvaluator, gradient_chunks
+
+    # 1000-byte slices: the gradient is summed by many reducers and put back together.
+    monkeypatch.setattr(autorec_spark, "CHUNK_BYTES", chunk_bytes)
 
     out, _, _ = ae_out
     width = N_USERS if orientation == "by_item" else N_ITEMS
@@ -289,6 +297,8 @@ def test_distributed_gradient_equals_single_process(spark, ae_out, orientation):
     finally:
         evaluator.close()
     assert evaluator.n_blocks > 3  # several blocks per partition: sums across both levels
+    slices = len(gradient_chunks(shape.size, 8)) - 1
+    assert slices == (1 if chunk_bytes > 1e6 else -(-shape.size * 8 // 1000)) and slices < shape.size
     assert (got.train_n, got.validation_n, got.test_n) == (want.train_n, want.validation_n, want.test_n)
     assert got.validation_n > 0 and got.test_n > 0
     for name in ("loss", "train_sse", "validation_sse", "test_sse"):
@@ -427,6 +437,21 @@ def test_missing_inputs_fail_before_spark(tmp_path, run_job):
     lines = [ln for ln in result.stderr.splitlines() if "error" in ln]
     assert len(lines) == 1 and "ae_inputs/by_item" in lines[0] and "build_autoencoder_inputs" in lines[0]
     assert "Spark" not in result.stderr  # failed before the JVM started
+
+
+def test_a_gradient_over_the_driver_result_limit_is_refused_with_the_remedy():
+    from mfspark.models.autorec.job import check_result_size
+
+    params = AutoRecParams(hidden=500, dtype=np.float32)
+    w = 138_493  # MovieLens-20M users: |θ| = 138.6 M float32 values, 554 MB
+    check_result_size(w, params, "1g")  # one gradient per iteration reaches the driver
+    check_result_size(w, params, "0")  # 0: unlimited
+    with pytest.raises(ConfigError) as err:
+        check_result_size(w, params, "512m")
+    message = str(err.value)
+    assert "\n" not in message and "spark.driver.maxResultSize=512m" in message
+    assert f"{(2 * w * 500 + 500 + w) * 4 * 1.05 / 2**20 + 1:,.0f} MB" in message
+    assert "--set spark.conf.spark.driver.maxResultSize=2g" in message
 
 
 def test_optimizer_state_over_the_machine_memory_is_refused_with_the_remedies():

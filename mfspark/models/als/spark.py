@@ -21,6 +21,7 @@ from mfspark.errors import MfsparkError
 from mfspark.models.als.kernels import half_step
 from mfspark.models.als.train import ALSParams, SideOutcome
 from mfspark.models.factors import squared_error
+from mfspark.session import RESULT_OVERHEAD, RESULT_OVERHEAD_BYTES, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -136,27 +137,6 @@ def check_broadcast_size(n_users: int, n_items: int, rank: int, limit_mb: float)
                 "half-step. Lower als.rank, or give executors more memory and raise "
                 "als.max_broadcast_mb"
             )
-
-
-_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a Spark size string (``1g``, ``512m``, ``2048k``, ``1024``: bytes; ``kb`` etc.
-    also accepted), as Spark parses ``spark.driver.maxResultSize``."""
-    import re
-
-    match = re.fullmatch(r"\s*(\d+)\s*([kmgtp]?)b?\s*", str(text).lower())
-    if not match:
-        raise MfsparkError(
-            f"cannot read the Spark size {text!r} (expected e.g. 1g, 512m, 0 for unlimited)"
-        )
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
-
-
-#: Pickling and task-result framing on top of the raw float32 arrays a half-step collects.
-RESULT_OVERHEAD = 1.05
-RESULT_OVERHEAD_BYTES = 1 << 20
 
 
 def check_result_size(n_users: int, n_items: int, rank: int, max_result_size: str) -> None:

@@ -36,6 +36,7 @@ from mfspark.io import HadoopFS, join, staged_outputs, update_manifest
 from mfspark.models.autorec.network import Shape
 from mfspark.models.autorec.spark import SparkEvaluator, predict_test_cells
 from mfspark.models.autorec.train import MODEL_NAMES, AutoRecParams, AutoRecResult, fit
+from mfspark.session import RESULT_OVERHEAD, RESULT_OVERHEAD_BYTES, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,22 @@ def check_driver_memory(width: int, params: AutoRecParams, name: str) -> None:
             "use autorec.optimizer=rprop"
             + (", autorec.precision=float32" if np.dtype(params.dtype).itemsize > 4 else "")
             + ", or leave train_autorec out of pipeline.stages"
+        )
+
+
+def check_result_size(width: int, params: AutoRecParams, max_result_size: str) -> None:
+    """Refuse, before training, a gradient larger than ``spark.driver.maxResultSize``: every
+    iteration collects one summed gradient (|θ| values) to the driver. ``0``: unlimited."""
+    limit = parse_size(max_result_size)
+    size = Shape(width, params.hidden).size * np.dtype(params.dtype).itemsize
+    need = size * RESULT_OVERHEAD + RESULT_OVERHEAD_BYTES
+    if limit and need > limit:
+        raise ConfigError(
+            f"each AutoRec iteration returns one gradient of {need / 2**20:,.0f} MB to the driver "
+            f"(rows of width {width:,}, autorec.hidden={params.hidden}), over "
+            f"spark.driver.maxResultSize={max_result_size}; raise it (e.g. --set "
+            f"spark.conf.spark.driver.maxResultSize={int(need * 2 / 2**30) + 1}g) or lower "
+            "autorec.hidden"
         )
 
 
@@ -254,6 +271,7 @@ def run_train_autorec(cfg: Config, spark: SparkSession) -> dict:
     global_mean = float(meta["global_mean"])
     params = AutoRecParams.from_config(ar, clip=clip)
     check_driver_memory(width, params, name)
+    check_result_size(width, params, spark.conf.get("spark.driver.maxResultSize", "1g"))
     rows = spark.read.parquet(join(out, C.AE_PATHS[orientation]))
     partitions = ar.num_partitions or spark.sparkContext.defaultParallelism
     evaluator = SparkEvaluator(spark, rows, orientation, width, params, partitions)
@@ -403,6 +421,7 @@ def _fit_predict(spark, train, pairs, users, items, cfg, orientation: str) -> Da
     entities = items if orientation == "by_item" else users
     width = (users if orientation == "by_item" else items).count()
     check_driver_memory(width, params, f"{MODEL_NAMES[orientation]} (blend member)")
+    check_result_size(width, params, spark.conf.get("spark.driver.maxResultSize", "1g"))
     rows = build_rows(train, scored, entities, orientation, partitions).persist()
     evaluator = SparkEvaluator(spark, rows, orientation, width, params, partitions)
     try:

@@ -10,17 +10,21 @@ rating ever goes to the driver.
 Each evaluation of J and ∇J (one per optimiser iteration; an L-BFGS line search may add a
 few): θ is broadcast; every partition runs the numpy kernel
 (:func:`~mfspark.models.autorec.network.block_totals`) over its blocks and sums their losses,
-error sums and gradients; the per-partition sums are added by ``treeReduce`` (a tree of
-depth 2, as Spark ML's MultilayerPerceptron reduces its gradients), so the driver receives
-about √partitions gradients rather than one per partition; the broadcast is destroyed. The
-optimiser step (L-BFGS or Rprop) runs on the driver.
+error sums and gradients; the per-partition gradients are then added *on the executors*, as a
+reduce-scatter: each partition cuts its gradient into ``chunks`` slices of at most
+``CHUNK_BYTES``, one shuffle brings slice c of every partition to reducer c, which adds them in
+partition order (so the sum does not depend on the order the shuffle delivers them), and the
+driver receives each summed slice once: exactly one gradient's bytes, whatever the number of
+partitions (a ``treeReduce`` would send it about √partitions whole gradients, over
+``spark.driver.maxResultSize`` at the MovieLens-20M shape already with two). The broadcast is
+destroyed; the optimiser step (L-BFGS or Rprop) runs on the driver.
 
 Memory: with |θ| = 2·N·h + h + N (N the row width, e.g. 138,493 users for the items of
 MovieLens-20M, h = 500: 138.6 M values, 554 MB in float32), a task holds the broadcast θ,
-one gradient accumulator and its blocks (≈ 3·|θ| + the blocks); the driver holds the
-optimiser's state (see :mod:`mfspark.models.autorec.optim`) and the reduce's incoming
-gradients. Results depend only on the seed and on the partitioning through the order in
-which floating-point sums are added.
+one gradient accumulator and its blocks (≈ 3·|θ| + the blocks); a reducer holds one slice
+per partition; the driver holds the optimiser's state (see
+:mod:`mfspark.models.autorec.optim`) and the one incoming gradient. Results depend only on the
+seed and on the partitioning through the order in which floating-point sums are added.
 """
 
 from __future__ import annotations
@@ -92,6 +96,47 @@ def _partition_totals_fn(bc, shape: Shape, params: AutoRecParams, iteration: int
     return run
 
 
+#: Largest slice of a gradient one reducer adds up (see the module docstring).
+CHUNK_BYTES = 64 << 20
+
+
+def gradient_chunks(size: int, itemsize: int) -> np.ndarray:
+    """Bounds of the slices a gradient of ``size`` values is cut into for the reduce."""
+    chunks = max(1, -(-size * itemsize // CHUNK_BYTES))
+    return np.linspace(0, size, chunks + 1).round().astype(np.int64)
+
+
+def _scatter_fn(bounds: np.ndarray):
+    """Partition p's totals → (-1, (p, stats)) and (c, (p, slice c of its gradient))."""
+
+    def scatter(p: int, totals):
+        for t in totals:
+            grad, t.gradient = t.gradient, None
+            yield -1, (p, t)
+            for c in range(len(bounds) - 1):
+                yield c, (p, grad[bounds[c] : bounds[c + 1]])
+
+    return scatter
+
+
+def _sum_in_partition_order(records):
+    """Reducer: add each key's values in the order of the partition they came from."""
+    by_key: dict[int, list] = {}
+    for key, value in records:
+        by_key.setdefault(key, []).append(value)
+    for key, values in by_key.items():
+        values.sort(key=lambda pv: pv[0])
+        if key < 0:
+            total = BlockTotals()
+            for _, t in values:
+                total.add(t)
+        else:
+            total = np.array(values[0][1])
+            for _, part in values[1:]:
+                total += part
+        yield key, total
+
+
 def _add(a: BlockTotals, b: BlockTotals) -> BlockTotals:
     return a.add(b)
 
@@ -151,7 +196,20 @@ class SparkEvaluator:
         bc = sc.broadcast(theta)
         try:
             fn = _partition_totals_fn(bc, self.shape, self.params, iteration, with_gradient)
-            return self.blocks.mapPartitions(fn).treeReduce(_add, self.depth)
+            partials = self.blocks.mapPartitions(fn)
+            if not with_gradient:  # a few numbers per partition
+                return partials.treeReduce(_add, self.depth)
+            bounds = gradient_chunks(self.shape.size, np.dtype(theta.dtype).itemsize)
+            reducers = len(bounds)  # one per slice, plus the stats (key -1) on the last
+            summed = dict(
+                partials.mapPartitionsWithIndex(_scatter_fn(bounds))
+                .partitionBy(reducers, lambda key: key % reducers)
+                .mapPartitions(_sum_in_partition_order)
+                .collect()
+            )
+            total = summed.pop(-1)
+            total.gradient = np.concatenate([summed[c] for c in range(reducers - 1)])
+            return total
         finally:
             bc.destroy()
 
