@@ -111,15 +111,38 @@ def test_block_split_does_not_change_rows(strategy, width, monkeypatch):
     fixed_bias = rng.normal(0, 0.3, 120).astype(np.float32)
     reg = Regularization(0.05, 0.05, "count")
 
-    def solve(keep):
-        block = RatingRows.from_coo(rows[keep], cols[keep], vals[keep], width=width)
-        return half_step(block, fixed, fixed_bias, 3.0, reg, chunk_rows=70, strategy=strategy)
+    def solve(keep, local=False):
+        c, col_ids = cols[keep], None
+        if local:  # block-local columns, as the Spark blocks store them
+            col_ids = np.unique(c)
+            c = np.searchsorted(col_ids, c)
+        block = RatingRows.from_coo(rows[keep], c, vals[keep], width=width, col_ids=col_ids)
+        if local:
+            assert block.n_tiles < -(-120 // (width or 120)) or width is None
+            np.testing.assert_array_equal(np.sort(block.global_cols()), np.sort(cols[keep]))
+        return half_step(
+            block,
+            block.local(fixed),
+            block.local(fixed_bias),
+            3.0,
+            reg,
+            chunk_rows=70,
+            strategy=strategy,
+        )
 
     whole = solve(np.ones(len(rows), bool))
-    parts = [solve(rows % 3 == b) for b in range(3)]  # rows dealt to 3 blocks by idx mod 3
-    order = np.argsort(np.concatenate([p.rows for p in parts]))
-    np.testing.assert_array_equal(np.concatenate([p.factors for p in parts])[order], whole.factors)
-    np.testing.assert_array_equal(np.concatenate([p.bias for p in parts])[order], whole.bias)
+    for local in (False, True):
+        # rows dealt to 3 blocks by idx mod 3; the local blocks use only some columns each
+        parts = [solve((rows % 3 == b) & ((cols % 4 != b) | (not local)), local) for b in range(3)]
+        if local:  # the dropped ratings change the rows: compare with global columns instead
+            want = [solve((rows % 3 == b) & (cols % 4 != b)) for b in range(3)]
+            for p, w in zip(parts, want, strict=True):
+                np.testing.assert_array_equal(p.factors, w.factors)
+                np.testing.assert_array_equal(p.bias, w.bias)
+            continue
+        order = np.argsort(np.concatenate([p.rows for p in parts]))
+        np.testing.assert_array_equal(np.concatenate([p.factors for p in parts])[order], whole.factors)
+        np.testing.assert_array_equal(np.concatenate([p.bias for p in parts])[order], whole.bias)
 
 
 @pytest.mark.parametrize("scaling", ["none", "count"])

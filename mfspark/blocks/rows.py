@@ -106,6 +106,12 @@ class RatingRows:
     by tile reads only one tile's slice of the dense operand, which stays in cache; on
     MovieLens-20M-sized blocks that is about 4x faster than one product over all columns.
     One tile as wide as the fixed side is a plain CSR. Rows may have no ratings.
+
+    Columns are *block-local* when ``col_ids`` is given: column c is the fixed-side entity
+    ``col_ids[c]`` (ascending), and the kernels take fixed-side arrays with one row per local
+    column (:meth:`local`), so a task holds only the fixed-side rows its block touches. The
+    map is monotone, so every row adds the same terms in the same order as with global
+    columns: results are bit-identical either way.
     """
 
     rows: np.ndarray  # int32 (n,) global indices of the rows
@@ -113,6 +119,12 @@ class RatingRows:
     cols: np.ndarray  # int32 (nnz,) column within its tile
     values: np.ndarray  # float32 (nnz,)
     tile_width: int
+    col_ids: np.ndarray | None = None  # int32 global index of each local column; None: global
+
+    def local(self, fixed: np.ndarray) -> np.ndarray:
+        """The rows of a fixed-side array (indexed by global index) this block's columns
+        address: ``fixed[col_ids]``, or ``fixed`` itself when the columns are global."""
+        return fixed if self.col_ids is None else np.take(fixed, self.col_ids, axis=0)
 
     @property
     def n_rows(self) -> int:
@@ -140,7 +152,7 @@ class RatingRows:
         out = self.cols.astype(np.int64)
         for t in range(1, self.n_tiles):
             out[self.indptr[t, 0] : self.indptr[t, -1]] += t * self.tile_width
-        return out
+        return out if self.col_ids is None else np.take(np.asarray(self.col_ids, np.int64), out)
 
     def row_positions(self) -> np.ndarray:
         """Row position (0..n-1) of every stored rating (in storage order)."""
@@ -157,11 +169,13 @@ class RatingRows:
         values: np.ndarray,
         entities: np.ndarray | None = None,
         width: int | None = None,
+        col_ids: np.ndarray | None = None,
     ) -> RatingRows:
         """Tile (row, col, value) triples; ``width=None`` gives one tile (a plain CSR).
 
         ``entities`` (sorted, unique) lists the rows to include, also those without ratings;
-        by default the distinct values of ``rows``.
+        by default the distinct values of ``rows``. ``col_ids``: the columns are local, column
+        c standing for entity ``col_ids[c]`` (see the class docstring).
         """
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
@@ -188,6 +202,7 @@ class RatingRows:
             np.take(local, order).astype(np.int32),
             np.take(np.asarray(values), order).astype(np.float32),
             width,
+            None if col_ids is None else np.asarray(col_ids, np.int32),
         )
 
 

@@ -71,6 +71,7 @@ BLOCK_FILES = (
     "test_cols",
     "test_values",
     "test_tile_width",
+    "col_ids",
 )
 
 
@@ -140,8 +141,13 @@ def _assemble(pieces, width: int) -> tuple[RatingRows, RatingRows] | None:
         for i, (_, dtype) in enumerate(PIECE_ARRAYS)
     )
     entities = np.unique(rows)
-    train = RatingRows.from_coo(rows[~is_test], cols[~is_test], values[~is_test], entities, width)
-    test = RatingRows.from_coo(rows[is_test], cols[is_test], values[is_test], entities)
+    # Block-local columns: the block addresses only the fixed-side entities it rates.
+    col_ids = np.unique(cols)
+    cols = np.searchsorted(col_ids, cols)
+    train = RatingRows.from_coo(
+        rows[~is_test], cols[~is_test], values[~is_test], entities, width, col_ids
+    )
+    test = RatingRows.from_coo(rows[is_test], cols[is_test], values[is_test], entities, None, col_ids)
     return train, test
 
 
@@ -157,6 +163,7 @@ def save_block(directory: str, train: RatingRows, test: RatingRows) -> None:
         "test_cols": test.cols,
         "test_values": test.values,
         "test_tile_width": np.array([test.tile_width]),
+        "col_ids": train.col_ids,
     }
     staging = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
     os.makedirs(staging)
@@ -172,10 +179,20 @@ def open_block(directory: str) -> tuple[RatingRows, RatingRows] | None:
         return None
     a = {name: np.load(os.path.join(directory, f"{name}.npy"), mmap_mode="r") for name in BLOCK_FILES}
     train = RatingRows(
-        a["rows"], a["train_indptr"], a["train_cols"], a["train_values"], int(a["train_tile_width"][0])
+        a["rows"],
+        a["train_indptr"],
+        a["train_cols"],
+        a["train_values"],
+        int(a["train_tile_width"][0]),
+        a["col_ids"],
     )
     test = RatingRows(
-        a["rows"], a["test_indptr"], a["test_cols"], a["test_values"], int(a["test_tile_width"][0])
+        a["rows"],
+        a["test_indptr"],
+        a["test_cols"],
+        a["test_values"],
+        int(a["test_tile_width"][0]),
+        a["col_ids"],
     )
     return train, test
 

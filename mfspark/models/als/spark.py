@@ -30,7 +30,13 @@ def _solve_fn(global_mean: float, params: ALSParams):
     def solve(side: str, train: RatingRows, test: RatingRows, fixed) -> dict:
         fixed_factors, fixed_bias = fixed
         res = half_step(
-            train, fixed_factors, fixed_bias, global_mean, params.reg, params.dtype, **params.kernel
+            train,
+            train.local(fixed_factors),
+            train.local(fixed_bias),
+            global_mean,
+            params.reg,
+            params.dtype,
+            **params.kernel,
         )
         # Rows and counts are known to the driver since set-up: only what changes comes back.
         out = {

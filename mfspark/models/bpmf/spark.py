@@ -40,8 +40,8 @@ def _draw_fn(global_mean: float, params: BPMFParams):
         try:
             res = draw_rows(
                 train,
-                fixed_factors,
-                fixed_bias,
+                train.local(fixed_factors),
+                train.local(fixed_bias),
                 global_mean,
                 Hyper(mean, precision),
                 alpha,

@@ -32,8 +32,8 @@ def residual_product(
 ) -> np.ndarray:
     """Σ_j∈Ω_i (r_ij − μ − b_i − c_j) D_j for every row i of ``block`` (float64, (n, l)).
 
-    ``row_bias``/``col_bias`` are indexed by global index (rows: ``block.rows``; columns:
-    the fixed side), ``dense`` (fixed entities × l) by the fixed side's global index.
+    ``row_bias`` is indexed by global index (``block.rows``), ``col_bias`` and ``dense``
+    (fixed entities × l) by the block's column index (global, or local: ``block.local``).
     """
     n_fixed, width = dense.shape
     padded = _padded(width)

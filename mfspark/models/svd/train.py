@@ -75,6 +75,7 @@ class SVDParams:
 def block_bias(side: str, train: RatingRows, test: RatingRows, payload) -> dict:
     """Exact ridge biases of the block's rows with the other side's biases fixed."""
     fixed_bias, global_mean, reg_bias = payload
+    fixed_bias = train.local(fixed_bias)
     res = half_step(
         train,
         np.zeros((len(fixed_bias), 0)),
@@ -90,7 +91,8 @@ def block_product(side: str, train: RatingRows, test: RatingRows, payload) -> di
     """Rows of X·D (user blocks) or Xᵀ·D (item blocks)."""
     user_bias, item_bias, global_mean, dense = payload
     own, other = (user_bias, item_bias) if side == USER else (item_bias, user_bias)
-    return {"rows": train.rows, "product": residual_product(train, own, other, global_mean, dense)}
+    product = residual_product(train, own, train.local(other), global_mean, train.local(dense))
+    return {"rows": train.rows, "product": product}
 
 
 def block_errors(side: str, train: RatingRows, test: RatingRows, payload) -> dict:
