@@ -228,9 +228,23 @@ class ALSConfig:
             choices=("auto", "sparse", "dense"),
         ),
     )
+    exchange: str = field(
+        default="auto",
+        metadata=_doc(
+            "How a half-step gets the fixed side's factors: `broadcast` (the whole side, through "
+            "the driver, to every executor), `partitioned` (each block is shipped only the rows it "
+            "rates, executor to executor; nothing per entity passes through the driver) or `auto` "
+            "(broadcast while a side fits als.max_broadcast_mb and spark.driver.maxResultSize).",
+            choices=("auto", "broadcast", "partitioned"),
+        ),
+    )
     max_broadcast_mb: float = field(
         default=2048.0,
-        metadata=_doc("Largest factor broadcast allowed before training starts (MB).", min=0.0),
+        metadata=_doc(
+            "Largest side of factors broadcast (MB): above it `auto` exchanges partitioned, and "
+            "`broadcast` is refused before training.",
+            min=0.0,
+        ),
     )
     checkpoint_interval: int = field(
         default=0,

@@ -50,7 +50,7 @@ from mfspark.blocks.rows import ITEM, USER
 from mfspark.errors import MfsparkError
 from mfspark.indexing import dense_index
 from mfspark.models.als.kernels import Regularization
-from mfspark.models.als.spark import SparkBlockSolver
+from mfspark.models.als.spark import SparkBlockSolver, choose_exchange
 from mfspark.models.als.train import ALSParams, run_als
 from mfspark.models.factor_model import COLD_START_STRATEGIES, FactorModel
 from mfspark.recommend import COL, ROW, factor_scorer, rank_frame, with_ids
@@ -92,6 +92,19 @@ class _BiasedALSParams(HasMaxIter, HasRegParam, HasPredictionCol, HasSeed, HasTo
         "clip predictions to the training ratings' range",
         TypeConverters.toBoolean,
     )
+    exchange = Param(
+        Params._dummy(),
+        "exchange",
+        "'auto', 'broadcast' or 'partitioned': how a half-step gets the fixed side's factors "
+        "(partitioned: shipped executor to executor, never through the driver)",
+        TypeConverters.toString,
+    )
+    maxBroadcastMb = Param(
+        Params._dummy(),
+        "maxBroadcastMb",
+        "largest side broadcast (MB); above it 'auto' exchanges partitioned",
+        TypeConverters.toFloat,
+    )
     excludeSeen = Param(
         Params._dummy(),
         "excludeSeen",
@@ -117,6 +130,8 @@ class _BiasedALSParams(HasMaxIter, HasRegParam, HasPredictionCol, HasSeed, HasTo
             numItemBlocks=0,
             tol=1e-4,
             clipPredictions=True,
+            exchange="auto",
+            maxBroadcastMb=2048.0,
             excludeSeen=False,
         )
 
@@ -164,6 +179,8 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
         numItemBlocks: int = 0,
         tol: float = 1e-4,
         clipPredictions: bool = True,
+        exchange: str = "auto",
+        maxBroadcastMb: float = 2048.0,
         excludeSeen: bool = False,
     ):
         super().__init__()
@@ -210,6 +227,14 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
             cached.append(items)
             train = ratings.join(F.broadcast(users), C.USER_ID).join(F.broadcast(items), C.ITEM_ID)
             n_users, n_items = users.count(), items.count()
+            exchange = choose_exchange(
+                n_users,
+                n_items,
+                params.rank,
+                self.getOrDefault(self.exchange),
+                self.getOrDefault(self.maxBroadcastMb),
+                spark.conf.get("spark.driver.maxResultSize", "1g"),
+            )
             with SparkBlockSolver(
                 spark,
                 train,
@@ -219,6 +244,7 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
                 params,
                 self.getOrDefault(self.numUserBlocks),
                 self.getOrDefault(self.numItemBlocks),
+                exchange,
             ) as solver:
                 result = run_als(solver, params, name=f"BiasedALS[{self.uid}]")
             # The model keeps driver-side copies of the id tables (as small as its factors),

@@ -73,7 +73,7 @@ def test_empty_training_set_and_failing_iteration_leave_nothing(spark, small, st
     from mfspark import BiasedALS, ml
 
     def boom(solver, params, **_):
-        solver.solve("user", np.zeros((solver.n_items, params.rank)), np.zeros(solver.n_items))
+        solver.solve("user", (np.zeros((solver.n_items, params.rank)), np.zeros(solver.n_items)))
         raise RuntimeError("injected in training")
 
     monkeypatch.setattr(ml, "run_als", boom)
@@ -85,7 +85,7 @@ def test_empty_training_set_and_failing_iteration_leave_nothing(spark, small, st
 
 
 def test_half_step_returns_only_what_changes(spark, small):
-    from mfspark.models.als.spark import _solve_fn
+    from mfspark.models.als.spark import _broadcast_solve_fn
 
     train, test, n_users, n_items = small
     with SparkBlockSolver(spark, train, test, n_users, n_items, PARAMS, 2, 3) as solver:
@@ -93,7 +93,7 @@ def test_half_step_returns_only_what_changes(spark, small):
         parts = solver.store.run(
             "item",
             (np.ones((n_users, k), np.float32), np.zeros(n_users, np.float32)),
-            _solve_fn(solver.global_mean, PARAMS),
+            _broadcast_solve_fn(solver.global_mean, PARAMS),
         )
         assert {key for p in parts for key in p} == {
             "factors",
@@ -178,3 +178,48 @@ def test_estimator_refuses_duplicate_pairs_and_fits_the_clean_frame(spark):
     assert not os.path.exists(first._path) and "_prediction_broadcast" not in fm.__dict__
     assert model.transform(clean).count() == 7  # a later prediction gets a fresh broadcast
     model.release()
+
+
+def test_exchange_choice_auto_switches_and_forced_broadcast_refuses(caplog):
+    from mfspark.models.als.spark import choose_exchange
+
+    # 40,000 users x 11 floats = 1.7 MB: fits a 2 MB broadcast, not a 1 MB one
+    with caplog.at_level("INFO", logger="mfspark.models.als.spark"):
+        assert choose_exchange(40_000, 500, 10, "auto", 2.0, "1g") == "broadcast"
+        assert choose_exchange(40_000, 500, 10, "auto", 1.0, "1g") == "partitioned"
+    assert "partitioned, because broadcast would not fit" in caplog.text
+    assert "als.max_broadcast_mb=1" in caplog.text
+    assert choose_exchange(40_000, 500, 10, "auto", 2.0, "1m") == "partitioned"  # result size
+    assert choose_exchange(40_000, 500, 10, "partitioned", 2.0, "1g") == "partitioned"
+    with pytest.raises(MfsparkError, match="over als.max_broadcast_mb=1"):
+        choose_exchange(40_000, 500, 10, "broadcast", 1.0, "1g")
+    with pytest.raises(MfsparkError, match="spark.driver.maxResultSize=1m"):
+        choose_exchange(40_000, 500, 10, "broadcast", 2.0, "1m")
+    with pytest.raises(MfsparkError, match="als.exchange must be one of"):
+        choose_exchange(40_000, 500, 10, "shuffle", 2.0, "1g")
+
+
+def test_partitioned_fit_completes_with_a_result_limit_below_one_side(run_job, tmp_path):
+    """spark.driver.maxResultSize below one side's factors: the default (auto) exchange goes
+    partitioned, says so, and the whole train_als stage completes; no job collects a side."""
+    out = str(tmp_path / "out")
+    settings = [
+        f"output.path={out}",
+        'pipeline.stages=["prepare","train_als"]',
+        "synthetic.n_users=40000",  # one user side: 40,000 x 11 float32 = 1.7 MB
+        "synthetic.n_items=500",
+        "synthetic.n_ratings=150000",
+        "als.max_iter=2",
+        "als.num_user_blocks=8",
+        "spark.master=local[2]",
+        "spark.conf.spark.driver.maxResultSize=1m",
+    ]
+    result = run_job("pipeline", *[a for s in settings for a in ("--set", s)], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ALS factor exchange: partitioned, because broadcast would not fit" in result.stderr
+    assert "Total size of serialized results" not in result.stderr
+    import pyarrow.parquet as pq
+
+    factors = pq.read_table(f"{out}/models/als/user_factors").to_pandas()
+    trained = factors[factors["count"] > 0] if "count" in factors else factors
+    assert len(factors) > 39_000 and np.abs(np.stack(trained["factors"])).max() > 0.01

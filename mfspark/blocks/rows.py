@@ -149,10 +149,16 @@ class RatingRows:
 
     def global_cols(self) -> np.ndarray:
         """Global column of every stored rating (in storage order)."""
+        out = self.local_cols()
+        return out if self.col_ids is None else np.take(np.asarray(self.col_ids, np.int64), out)
+
+    def local_cols(self) -> np.ndarray:
+        """Column of every stored rating in the block's own column index (in storage order):
+        the position in a :meth:`local` array."""
         out = self.cols.astype(np.int64)
         for t in range(1, self.n_tiles):
             out[self.indptr[t, 0] : self.indptr[t, -1]] += t * self.tile_width
-        return out if self.col_ids is None else np.take(np.asarray(self.col_ids, np.int64), out)
+        return out
 
     def row_positions(self) -> np.ndarray:
         """Row position (0..n-1) of every stored rating (in storage order)."""

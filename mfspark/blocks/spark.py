@@ -126,6 +126,13 @@ def _split_fn(num_user_blocks: int, num_item_blocks: int):
     return split
 
 
+def _block_partition(part: int) -> int:
+    """The partition function of everything keyed by block (user blocks first, then item
+    blocks). One function object, so RDDs partitioned by it are co-partitioned: a union of
+    them keeps partition p of each together, without a shuffle."""
+    return part
+
+
 def _local_root() -> str:
     """The executor's first local Spark directory (what PySpark itself spills to)."""
     return os.environ.get("SPARK_LOCAL_DIRS", tempfile.gettempdir()).split(",")[0]
@@ -225,6 +232,7 @@ def _build_fn(width: int, num_user_blocks: int, store_dir: str | None):
             "host": socket.gethostname(),
             "rows": np.array(train.rows),
             "counts": train.counts(),
+            "n_train": train.nnz,
             "value_sum": float(np.sum(train.values, dtype=np.float64)),
             "n_test": test.nnz,
         }
@@ -281,12 +289,119 @@ def _timed(block_fn, side, block_id, train, test, payload) -> dict:
     return out
 
 
+def _token_summary(token: dict) -> dict:
+    """A token without its per-entity arrays (what the driver keeps in partitioned mode)."""
+    return {k: v for k, v in token.items() if k not in ("rows", "counts")}
+
+
+def _open_or_fail(token: dict) -> tuple[RatingRows, RatingRows]:
+    block = open_block(token["dir"])
+    if block is None:  # the task is retried; the scheduler normally runs it where the files are
+        raise MfsparkError(
+            f"{token['side']} block {token['block']} is stored on {token['host']} "
+            f"({token['dir']}), not on {socket.gethostname()}"
+        )
+    return block
+
+
+def _request_fn(num_blocks: dict[str, int], offsets: dict[str, int]):
+    """Tokens → ``(partition of fixed block f, (partition of block s, ids))``: the fixed-side
+    entities of block f that block s rates, ascending."""
+
+    def run(tokens):
+        for token in tokens:
+            train, _ = _open_or_fail(token)
+            ids = np.asarray(train.col_ids, dtype=np.int64)
+            other = ITEM if token["side"] == USER else USER
+            owner = ids % num_blocks[other]
+            order = np.argsort(owner, kind="stable")  # ids stay ascending per owner
+            owner = owner[order]
+            bounds = np.flatnonzero(np.diff(owner)) + 1
+            for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(owner)], strict=True):
+                if a < b:
+                    target = offsets[other] + int(owner[a])
+                    yield target, (offsets[token["side"]] + token["block"], ids[order[a:b]])
+
+    return run
+
+
+def _route_fn(records):
+    """Partition f: its token and the requests for it → ``("route", s, positions, ids)`` with
+    the positions of the requested ids among block f's rows (ids f does not hold, e.g. users
+    with test ratings only, are left out: they stay zero at the receiver)."""
+    token, requests = None, []
+    for record in records:
+        if isinstance(record, dict):
+            token = record
+        else:
+            requests.append(record[1])
+    if token is None:
+        return
+    rows = np.asarray(_open_or_fail(token)[0].rows, dtype=np.int64)
+    for target, ids in requests:
+        pos = np.minimum(np.searchsorted(rows, ids), max(len(rows) - 1, 0))
+        held = rows[pos] == ids if len(rows) else np.zeros(len(ids), bool)
+        yield ("route", target, pos[held], ids[held].astype(np.int32))
+
+
+def _send_fn(fields: tuple[str, ...]):
+    """Partition f: block f's state and its routes → one message per block that rates it."""
+
+    def send(records):
+        state, routes = None, []
+        for record in records:
+            if record[0] == "state":
+                state = record[1]
+            elif record[0] == "route":
+                routes.append(record)
+        if state is None:  # a partition of the solving side: its routes serve the other pass
+            return
+        for _, target, pos, ids in routes:
+            yield target, (ids, {name: np.take(state[name], pos, axis=0) for name in fields})
+
+    return send
+
+
+def _receive_fn(side: str, fields: dict[str, tuple[tuple, type]], block_fn):
+    """Partition s: its token and the messages for it → the block function's state record."""
+
+    def receive(records):
+        from mfspark.session import worker_single_thread
+
+        worker_single_thread()
+        token, messages = None, []
+        for record in records:
+            if isinstance(record, dict):
+                token = record
+            else:
+                messages.append(record[1])
+        if token is None or token["side"] != side:
+            return
+        started = time.perf_counter()
+        train, test = _open_or_fail(token)
+        col_ids = np.asarray(train.col_ids, dtype=np.int64)
+        local = {
+            name: np.zeros((len(col_ids), *shape), dtype) for name, (shape, dtype) in fields.items()
+        }
+        for ids, arrays in messages:
+            pos = np.searchsorted(col_ids, ids)
+            for name in fields:
+                local[name][pos] = arrays[name]
+        out = block_fn(side, train, test, local)
+        out.update(block=token["block"], seconds=time.perf_counter() - started)
+        yield "state", out
+
+    return receive
+
+
 class BlockStore:
     """Train (and test) ratings cut once into user blocks and item blocks, kept on executors.
 
     ``train``/``test`` hold ``user_idx``, ``item_idx``, ``rating``; ``n_users``/``n_items``
-    are the index sizes. After set-up the store knows every entity's train rating count, the
-    global mean and the sizes, without a rating on the driver.
+    are the index sizes. After set-up the store knows the global mean and the sizes and,
+    with ``per_entity`` (broadcast passes need them), every entity's block and train rating
+    count, without a rating on the driver. Without ``per_entity`` (partitioned passes,
+    :meth:`exchange`) the driver keeps nothing per entity.
     """
 
     def __init__(
@@ -299,6 +414,7 @@ class BlockStore:
         width: int,
         num_user_blocks: int = 0,
         num_item_blocks: int = 0,
+        per_entity: bool = True,
     ):
         started = time.perf_counter()
         self.spark = spark
@@ -317,35 +433,41 @@ class BlockStore:
         pieces = (ratings[0].unionByName(ratings[1]) if len(ratings) == 2 else ratings[0]).mapInArrow(
             _split_fn(n_user_blocks, self.num_blocks[ITEM]), PIECE_SCHEMA
         )
+        self.num_partitions = n_user_blocks + self.num_blocks[ITEM]
         shuffled = pieces.rdd.map(lambda r: (r[0], tuple(r[1:]))).partitionBy(
-            n_user_blocks + self.num_blocks[ITEM], lambda part: part
+            self.num_partitions, _block_partition
         )
         # Blocks rebuilt from the shuffle output, only for a block whose stored files are lost.
         self.packed = shuffled.mapPartitionsWithIndex(_build_fn(width, n_user_blocks, None))
         # Build every block once, store it on its executor, cache the token that points there.
         self.tokens = shuffled.mapPartitionsWithIndex(
-            _build_fn(width, n_user_blocks, self.store_dir)
+            _build_fn(width, n_user_blocks, self.store_dir), preservesPartitioning=True
         ).persist(StorageLevel.MEMORY_ONLY)
         #: (host, directory) of every stored block seen so far: what close() must remove.
         self.locations: set[tuple[str, str]] = set()
+        self.per_entity = per_entity
+        self._routes = None
         try:
-            self._set_up(self.tokens.collect(), n_users, n_items, started)
+            tokens = self.tokens if per_entity else self.tokens.map(_token_summary)
+            self._set_up(tokens.collect(), n_users, n_items, started)
         except BaseException:
             self.close()  # blocks may already be stored: a failed set-up leaves nothing behind
             raise
 
     def _set_up(self, tokens: list[dict], n_users: int, n_items: int, started: float) -> None:
         self.locations.update((t["host"], t["dir"]) for t in tokens)
-        self.counts = {
-            side: np.zeros(n, dtype=np.int64) for side, n in ((USER, n_users), (ITEM, n_items))
-        }
+        per_block = [t for t in tokens if t["side"] == ITEM]
+        self.counts: dict[str, np.ndarray] | None = None
         #: Each block's rows (global indices) in the order its results come back.
         self.block_rows: dict[str, dict[int, np.ndarray]] = {USER: {}, ITEM: {}}
-        for token in tokens:
-            self.counts[token["side"]][token["rows"]] = token["counts"]
-            self.block_rows[token["side"]][token["block"]] = token["rows"]
-        per_block = [t for t in tokens if t["side"] == ITEM]
-        self.n_train = int(self.counts[ITEM].sum())
+        if self.per_entity:
+            self.counts = {
+                side: np.zeros(n, dtype=np.int64) for side, n in ((USER, n_users), (ITEM, n_items))
+            }
+            for token in tokens:
+                self.counts[token["side"]][token["rows"]] = token["counts"]
+                self.block_rows[token["side"]][token["block"]] = token["rows"]
+        self.n_train = int(sum(t["n_train"] for t in per_block))
         if not self.n_train:
             raise MfsparkError("the training set is empty; nothing to fit")
         self.global_mean = sum(t["value_sum"] for t in per_block) / self.n_train
@@ -363,8 +485,54 @@ class BlockStore:
         )
 
     @property
-    def item_counts(self) -> np.ndarray:
-        return self.counts[ITEM]
+    def item_counts(self) -> np.ndarray | None:
+        return self.counts[ITEM] if self.counts is not None else None
+
+    def co_partitioned(self, *rdds):
+        """The union of RDDs partitioned like the blocks: partition p holds partition p of
+        each (Spark's partitioner-aware union: no shuffle), and prefers the executor that
+        holds block p when the tokens are among them."""
+        union = self.spark.sparkContext.union(list(rdds))
+        if union.getNumPartitions() != self.num_partitions:  # pragma: no cover - a Spark change
+            raise MfsparkError("block-partitioned RDDs lost their partitioner; cannot exchange")
+        return union
+
+    def routes(self):
+        """For every block f and every block s of the other side: which rows of f (positions,
+        global indices) s rates. Built once (one shuffle of column indices), cached."""
+        if self._routes is None:
+            offsets = {side: parts[0] for side, parts in self.partitions.items()}
+            requests = self.tokens.mapPartitions(_request_fn(self.num_blocks, offsets)).partitionBy(
+                self.num_partitions, _block_partition
+            )
+            self._routes = (
+                self.co_partitioned(self.tokens, requests)
+                .mapPartitions(_route_fn, preservesPartitioning=True)
+                .persist(StorageLevel.MEMORY_AND_DISK)
+            )
+        return self._routes
+
+    def exchange(self, side: str, fixed, fields: dict[str, tuple[tuple, type]], block_fn):
+        """One pass over ``side`` with the fixed side's rows *shipped*, not broadcast.
+
+        ``fixed``: an RDD partitioned like the blocks whose partitions of the other side hold
+        one ``("state", dict)`` each, the dict holding ``rows`` (the block's global indices,
+        ascending) and arrays with one row per entity, of which ``fields`` (name → (shape of
+        one row, dtype)) are shipped. Each
+        block of the other side sends every block of ``side`` exactly the rows it rates (one
+        shuffle); ``block_fn(side, train, test, local)`` then runs on every block of ``side``
+        with ``local[name]`` aligned with the block's columns (rows no block holds are zero)
+        and must return a dict. Returns the lazy RDD of ``("state", dict)`` records, one per
+        block of ``side``, partitioned like the blocks; nothing passes through the driver.
+        """
+        messages = (
+            self.co_partitioned(fixed, self.routes())
+            .mapPartitions(_send_fn(tuple(fields)))
+            .partitionBy(self.num_partitions, _block_partition)
+        )
+        return self.co_partitioned(self.tokens, messages).mapPartitions(
+            _receive_fn(side, fields, block_fn), preservesPartitioning=True
+        )
 
     def run(self, side: str, payload, block_fn) -> list[dict]:
         """``block_fn(side, train, test, payload)`` on every block of ``side``; its dicts.
@@ -439,3 +607,5 @@ class BlockStore:
                 )
         finally:
             self.tokens.unpersist()
+            if self._routes is not None:
+                self._routes.unpersist()

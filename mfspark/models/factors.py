@@ -96,11 +96,11 @@ def squared_error(
     """(Σ squared error, Σ absolute error, n) over ``block``'s ratings.
 
     ``row_factors``/``row_bias`` are aligned with ``block``'s rows (position r = row r),
-    ``col_factors``/``col_bias`` are indexed by the global column index.
+    ``col_factors``/``col_bias`` with its columns (global, or local: ``block.local(...)``).
     """
     if block.nnz == 0:
         return 0.0, 0.0, 0
-    rows, cols = block.row_positions(), block.global_cols()
+    rows, cols = block.row_positions(), block.local_cols()
     pred = predict(global_mean, row_factors, row_bias, col_factors, col_bias, rows, cols, clip)
     err = block.values.astype(np.float64) - pred
     return float(err @ err), float(np.abs(err).sum()), block.nnz

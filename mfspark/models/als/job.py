@@ -19,7 +19,7 @@ from mfspark.checkpoint import Checkpointer, checkpoint_root
 from mfspark.config import Config
 from mfspark.errors import ConfigError
 from mfspark.io import HadoopFS, read_manifest, update_manifest
-from mfspark.models.als.spark import SparkBlockSolver, check_broadcast_size
+from mfspark.models.als.spark import SparkBlockSolver, choose_exchange
 from mfspark.models.als.train import ALSParams, ALSResult, ALSState, run_als
 from mfspark.models.factor_model import FactorModel
 from mfspark.models.outputs import write_model_stage
@@ -47,14 +47,31 @@ def fit_prepared(
     """
     als = cfg.als
     n_users, n_items = users.count(), items.count()
-    check_broadcast_size(n_users, n_items, als.rank, als.max_broadcast_mb)
+    max_result = spark.conf.get("spark.driver.maxResultSize", "1g")
+    exchange = choose_exchange(
+        n_users, n_items, als.rank, als.exchange, als.max_broadcast_mb, max_result
+    )
+    if exchange == "partitioned" and (als.checkpoint_interval or als.resume):
+        raise ConfigError(
+            "als.checkpoint_interval and als.resume save and restore the factors through the "
+            "driver, which the partitioned exchange avoids; set als.exchange=broadcast to use "
+            "them, or turn them off"
+        )
     bounds = train.agg(F.min(C.RATING), F.max(C.RATING)).first()
     clip = (
         (float(bounds[0]), float(bounds[1])) if als.clip_predictions and bounds[0] is not None else None
     )
     params = ALSParams.from_config(als, clip=clip)
     with SparkBlockSolver(
-        spark, train, test, n_users, n_items, params, als.num_user_blocks, als.num_item_blocks
+        spark,
+        train,
+        test,
+        n_users,
+        n_items,
+        params,
+        als.num_user_blocks,
+        als.num_item_blocks,
+        exchange,
     ) as solver:
         start, on_iteration = checkpointing(spark, cfg, solver, clip)
         result = run_als(solver, params, name, start, on_iteration)

@@ -13,48 +13,154 @@ import logging
 import time
 
 import numpy as np
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
+from mfspark.blocks.random import seeded_normal
 from mfspark.blocks.rows import ITEM, USER, RatingRows
 from mfspark.blocks.spark import BlockStore
 from mfspark.errors import MfsparkError
 from mfspark.models.als.kernels import half_step
-from mfspark.models.als.train import ALSParams, SideOutcome
-from mfspark.models.factors import squared_error
+from mfspark.models.als.train import ALSParams, ALSState, SideOutcome
+from mfspark.models.factors import BiasedMF, squared_error
 from mfspark.session import RESULT_OVERHEAD, RESULT_OVERHEAD_BYTES, parse_size
 
 log = logging.getLogger(__name__)
 
 
-def _solve_fn(global_mean: float, params: ALSParams):
+def _solve_block(global_mean: float, params: ALSParams, side, train, test, fixed_f, fixed_b):
+    """Solve one block given the fixed side's rows aligned with its columns (local arrays)."""
+    res = half_step(train, fixed_f, fixed_b, global_mean, params.reg, params.dtype, **params.kernel)
+    out = {
+        "factors": res.factors,
+        "bias": res.bias,
+        "sse": res.sse,
+        "penalty": res.penalty,
+        "test_sse": 0.0,
+        "test_abs": 0.0,
+        "test_n": 0,
+    }
+    if side == ITEM and test.nnz:
+        out["test_sse"], out["test_abs"], out["test_n"] = squared_error(
+            global_mean, res.factors, res.bias, fixed_f, fixed_b, test, params.clip
+        )
+    return out, res
+
+
+def _broadcast_solve_fn(global_mean: float, params: ALSParams):
+    """Block function of a broadcast pass: the whole fixed side arrives; take the block's rows."""
+
     def solve(side: str, train: RatingRows, test: RatingRows, fixed) -> dict:
         fixed_factors, fixed_bias = fixed
-        res = half_step(
-            train,
-            train.local(fixed_factors),
-            train.local(fixed_bias),
-            global_mean,
-            params.reg,
-            params.dtype,
-            **params.kernel,
-        )
+        local = train.local(fixed_factors), train.local(fixed_bias)
         # Rows and counts are known to the driver since set-up: only what changes comes back.
-        out = {
-            "factors": res.factors,
-            "bias": res.bias,
-            "sse": res.sse,
-            "penalty": res.penalty,
-            "test_sse": 0.0,
-            "test_abs": 0.0,
-            "test_n": 0,
-        }
-        if side == ITEM and test.nnz:
-            out["test_sse"], out["test_abs"], out["test_n"] = squared_error(
-                global_mean, res.factors, res.bias, fixed_factors, fixed_bias, test, params.clip
-            )
+        return _solve_block(global_mean, params, side, train, test, *local)[0]
+
+    return solve
+
+
+def _exchange_solve_fn(global_mean: float, params: ALSParams):
+    """Block function of a partitioned pass: the block's rows of the fixed side were shipped;
+    the result stays on the executor as the block's state (rows, counts and all)."""
+
+    def solve(side: str, train: RatingRows, test: RatingRows, local: dict) -> dict:
+        out, res = _solve_block(global_mean, params, side, train, test, local["factors"], local["bias"])
+        out.update(rows=np.asarray(res.rows), counts=res.counts)
         return out
 
     return solve
+
+
+def _initial_items_fn(params: ALSParams):
+    """Tokens → the seeded initial state of every item block (as ``ALSState.initial``)."""
+
+    def initial(tokens):
+        for token in tokens:
+            if token["side"] != ITEM:
+                continue
+            rows = np.asarray(token["rows"], dtype=np.int64)
+            factors = seeded_normal(params.seed, rows, params.rank, params.init_std)
+            yield (
+                "state",
+                {
+                    "block": token["block"],
+                    "rows": rows.astype(np.int32),
+                    "factors": factors.astype(params.dtype),
+                    "bias": np.zeros(len(rows), dtype=params.dtype),
+                    "counts": np.asarray(token["counts"]),
+                },
+            )
+
+    return initial
+
+
+STATS = ("sse", "penalty", "test_sse", "test_abs", "test_n", "seconds")
+
+
+def _stats(records) -> list[dict]:
+    """A block state's sums and its block id (what the driver receives of a pass)."""
+    return [{"block": r["block"], **{k: r[k] for k in STATS if k in r}} for _, r in records]
+
+
+def _penalty_fn(reg):
+    def penalty(records) -> list[dict]:
+        return [
+            {"block": r["block"], "penalty": reg.penalty(r["factors"], r["bias"], r["counts"])}
+            for _, r in records
+        ]
+
+    return penalty
+
+
+class DistributedState(ALSState):
+    """The ALS loop's state when factors stay on the executors (partitioned exchange):
+    ``users_f``/``items_f`` hold each side's RDD of block states instead of arrays."""
+
+    def __init__(self, solver: SparkBlockSolver, items):
+        super().__init__(0, None, None, items, None, None, None, float("nan"))
+        self.solver = solver
+
+    def fixed(self, side: str):
+        return self.users_f if side == USER else self.items_f
+
+    def update(self, side: str, out: SideOutcome) -> None:
+        old = self.fixed(side)
+        if side == USER:
+            self.users_f = out.handle
+        else:
+            self.items_f = out.handle
+        if old is not None:  # the new state is materialised: the old one is not needed
+            old.unpersist()
+
+    def initial_item_penalty(self, solver, params: ALSParams) -> float:
+        parts = solver.sums(self.items_f, ITEM, _penalty_fn(params.reg))
+        return float(sum(p["penalty"] for p in parts))
+
+    def model(self, global_mean: float) -> BiasedMF:
+        """The fitted factors on the driver, brought one block per job (``toLocalIterator``):
+        no single result is larger than a block."""
+        s, k = self.solver, self.solver.params.rank
+        dtype = self.solver.params.dtype
+        st = ALSState.initial(s, s.params)
+        for side, rdd in ((USER, self.users_f), (ITEM, self.items_f)):
+            f, b, n = (
+                (st.users_f, st.users_b, st.users_n)
+                if side == USER
+                else (st.items_f, st.items_b, st.items_n)
+            )
+            for _, r in rdd.toLocalIterator() if rdd is not None else ():
+                rows = np.asarray(r["rows"], dtype=np.int64)
+                f[rows] = np.asarray(r["factors"], dtype).reshape(-1, k)
+                b[rows], n[rows] = r["bias"], r["counts"]
+        return st.model(global_mean)
+
+    def arrays(self):  # pragma: no cover - refused up front (check_exchange_settings)
+        raise MfsparkError("ALS checkpoints need als.exchange=broadcast")
+
+    def release(self) -> None:
+        for rdd in (self.users_f, self.items_f):
+            if rdd is not None:
+                rdd.unpersist()
 
 
 class SparkBlockSolver:
@@ -70,11 +176,12 @@ class SparkBlockSolver:
         params: ALSParams,
         num_user_blocks: int = 0,
         num_item_blocks: int = 0,
+        exchange: str = "broadcast",
     ):
-        self.params = params
-        check_result_size(
-            n_users, n_items, params.rank, spark.conf.get("spark.driver.maxResultSize", "1g")
-        )
+        if exchange not in ("broadcast", "partitioned"):
+            raise ValueError(f"exchange must be broadcast or partitioned, got {exchange!r}")
+        self.params, self.exchange, self.spark = params, exchange, spark
+        self._states: list[DistributedState] = []
         self.store = BlockStore(
             spark,
             train,
@@ -84,6 +191,7 @@ class SparkBlockSolver:
             params.tile_width,
             num_user_blocks,
             num_item_blocks,
+            per_entity=exchange == "broadcast",
         )
         s = self.store
         self.n_users, self.n_items = n_users, n_items
@@ -92,13 +200,29 @@ class SparkBlockSolver:
         self.item_counts = s.item_counts
         self.setup_seconds = s.setup_seconds
 
-    def solve(self, side: str, fixed_factors: np.ndarray, fixed_bias: np.ndarray) -> SideOutcome:
+    def initial_state(self, params: ALSParams) -> ALSState:
+        if self.exchange == "broadcast":
+            return ALSState.initial(self, params)
+        items = self.store.tokens.mapPartitions(_initial_items_fn(params), preservesPartitioning=True)
+        state = DistributedState(self, items.persist(StorageLevel.MEMORY_AND_DISK))
+        self._states.append(state)
+        return state
+
+    def sums(self, rdd, side: str, fn) -> list[dict]:
+        """``fn`` over the block states of ``side`` in ``rdd``: small dicts, in block order."""
+        parts = self.spark.sparkContext.runJob(rdd, fn, self.store.partitions[side])
+        return sorted(parts, key=lambda p: p["block"])
+
+    def solve(self, side: str, fixed) -> SideOutcome:
+        if self.exchange == "partitioned":
+            return self._solve_partitioned(side, fixed)
         started = time.perf_counter()
+        fixed_factors, fixed_bias = fixed
         fixed = (
             np.ascontiguousarray(fixed_factors, np.float32),
             np.ascontiguousarray(fixed_bias, np.float32),
         )
-        parts = self.store.run(side, fixed, _solve_fn(self.global_mean, self.params))
+        parts = self.store.run(side, fixed, _broadcast_solve_fn(self.global_mean, self.params))
         log.debug(
             "%s half-step: %.2f s in Spark, blocks solved in %s s",
             side,
@@ -110,19 +234,39 @@ class SparkBlockSolver:
             np.concatenate([p[key] for p in parts]) if parts else np.empty(0, dtype)
         )
         rows = self.store.rows_of(side, parts)
-        return SideOutcome(
+        return _outcome(
+            parts,
             rows=rows,
             factors=cat("factors", np.float32).reshape(-1, k),
             bias=cat("bias", np.float32),
             counts=self.store.counts[side][rows],
-            sse=float(sum(p["sse"] for p in parts)),
-            penalty=float(sum(p["penalty"] for p in parts)),
-            test_sse=float(sum(p["test_sse"] for p in parts)),
-            test_abs=float(sum(p["test_abs"] for p in parts)),
-            test_n=int(sum(p["test_n"] for p in parts)),
+        )
+
+    def _solve_partitioned(self, side: str, fixed) -> SideOutcome:
+        """A half-step by partitioned exchange: the fixed side's blocks ship each block of
+        ``side`` the rows it rates; the solved states stay cached on the executors and only
+        their sums reach the driver."""
+        started = time.perf_counter()
+        k = self.params.rank
+        fields = {"factors": ((k,), np.float32), "bias": ((), np.float32)}
+        solve = _exchange_solve_fn(self.global_mean, self.params)
+        solved = self.store.exchange(side, fixed, fields, solve)
+        solved.persist(StorageLevel.MEMORY_AND_DISK)
+        parts = self.sums(solved, side, _stats)  # materialises the new state
+        log.debug(
+            "%s half-step (partitioned): %.2f s in Spark, blocks solved in %s s",
+            side,
+            time.perf_counter() - started,
+            ", ".join(f"{p['seconds']:.2f}" for p in parts),
+        )
+        empty = np.empty(0, np.int64)
+        return _outcome(
+            parts, rows=empty, factors=np.empty((0, k)), bias=empty, counts=empty, handle=solved
         )
 
     def close(self) -> None:
+        for state in self._states:
+            state.release()
         self.store.close()
 
     def __enter__(self) -> SparkBlockSolver:
@@ -130,6 +274,50 @@ class SparkBlockSolver:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _outcome(parts: list[dict], **fields) -> SideOutcome:
+    """A SideOutcome with the sums of the blocks' results (added in block order)."""
+    return SideOutcome(
+        sse=float(sum(p["sse"] for p in parts)),
+        penalty=float(sum(p["penalty"] for p in parts)),
+        test_sse=float(sum(p["test_sse"] for p in parts)),
+        test_abs=float(sum(p["test_abs"] for p in parts)),
+        test_n=int(sum(p["test_n"] for p in parts)),
+        **fields,
+    )
+
+
+EXCHANGES = ("auto", "broadcast", "partitioned")
+
+
+def choose_exchange(
+    n_users: int, n_items: int, rank: int, exchange: str, limit_mb: float, max_result_size: str
+) -> str:
+    """``broadcast`` or ``partitioned`` for ``als.exchange`` (``auto``: broadcast while a
+    side fits ``als.max_broadcast_mb`` and the driver's result-size limit). A forced
+    ``broadcast`` that does not fit is refused here, before training."""
+    if exchange not in EXCHANGES:
+        raise MfsparkError(f"als.exchange must be one of {', '.join(EXCHANGES)}, got {exchange!r}")
+    if exchange == "partitioned":
+        log.info("ALS factor exchange: partitioned (als.exchange=partitioned)")
+        return exchange
+    try:
+        check_broadcast_size(n_users, n_items, rank, limit_mb)
+        check_result_size(n_users, n_items, rank, max_result_size)
+    except MfsparkError as exc:
+        if exchange == "broadcast":
+            raise
+        log.info("ALS factor exchange: partitioned, because broadcast would not fit: %s", exc)
+        return "partitioned"
+    log.info(
+        "ALS factor exchange: broadcast (the larger side is %.1f MB, within als.max_broadcast_mb=%g "
+        "and spark.driver.maxResultSize=%s)",
+        max(n_users, n_items) * (rank + 1) * 4 / 2**20,
+        limit_mb,
+        max_result_size,
+    )
+    return "broadcast"
 
 
 def check_broadcast_size(n_users: int, n_items: int, rank: int, limit_mb: float) -> None:

@@ -95,6 +95,9 @@ class SideOutcome:
     test_sse: float = 0.0
     test_abs: float = 0.0
     test_n: int = 0
+    #: The solved side kept where it was solved (partitioned exchange); rows/factors are then
+    #: empty and the state keeps this handle instead of arrays.
+    handle: object = None
 
 
 class SideSolver(Protocol):
@@ -104,8 +107,11 @@ class SideSolver(Protocol):
     n_train: int
     n_test: int
 
-    def solve(self, side: str, fixed_factors: np.ndarray, fixed_bias: np.ndarray) -> SideOutcome:
-        """Solve every entity of ``side`` with the other side fixed."""
+    def initial_state(self, params: ALSParams) -> ALSState:
+        """The state before the first iteration (seeded item factors)."""
+
+    def solve(self, side: str, fixed) -> SideOutcome:
+        """Solve every entity of ``side`` with the other side fixed (``ALSState.fixed``)."""
 
 
 @dataclass
@@ -163,6 +169,37 @@ class ALSState:
             item_penalty=float("nan"),
         )
 
+    def fixed(self, side: str):
+        """What a solver needs of ``side`` when it is the fixed side: (factors, biases)."""
+        return (self.users_f, self.users_b) if side == USER else (self.items_f, self.items_b)
+
+    def update(self, side: str, out: SideOutcome) -> None:
+        """Take the solved rows of ``side`` into the state."""
+        f, b, n = (
+            (self.users_f, self.users_b, self.users_n)
+            if side == USER
+            else (self.items_f, self.items_b, self.items_n)
+        )
+        f[out.rows], b[out.rows], n[out.rows] = out.factors, out.bias, out.counts
+
+    def initial_item_penalty(self, solver: SideSolver, params: ALSParams) -> float:
+        """The penalty of the initial item factors (the first half-step's J needs it)."""
+        counts = getattr(solver, "item_counts", None)
+        if counts is None:
+            return 0.0
+        return params.reg.penalty(self.items_f, self.items_b, counts)
+
+    def model(self, global_mean: float) -> BiasedMF:
+        return BiasedMF(
+            global_mean,
+            self.users_f,
+            self.users_b,
+            self.items_f,
+            self.items_b,
+            self.users_n,
+            self.items_n,
+        )
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in self.ARRAYS}
 
@@ -201,18 +238,18 @@ def run_als(
     continues from its last objective); ``on_iteration(state)`` is called after every
     iteration (e.g. to save a checkpoint).
     """
-    st = start if start is not None else ALSState.initial(solver, params)
+    st = start if start is not None else solver.initial_state(params)
     for it in range(st.iteration + 1, params.max_iter + 1):
         if st.converged:
             break
         started = time.perf_counter()
-        u = solver.solve(USER, st.items_f, st.items_b)
-        st.users_f[u.rows], st.users_b[u.rows], st.users_n[u.rows] = u.factors, u.bias, u.counts
         if math.isnan(st.item_penalty):
-            st.item_penalty = _initial_penalty(solver, params, st.items_f, st.items_b)
+            st.item_penalty = st.initial_item_penalty(solver, params)
+        u = solver.solve(USER, st.fixed(ITEM))
+        st.update(USER, u)
         st.half_objectives.append(u.sse + u.penalty + st.item_penalty)
-        i = solver.solve(ITEM, st.users_f, st.users_b)
-        st.items_f[i.rows], st.items_b[i.rows], st.items_n[i.rows] = i.factors, i.bias, i.counts
+        i = solver.solve(ITEM, st.fixed(USER))
+        st.update(ITEM, i)
         st.item_penalty = i.penalty
         objective = i.sse + u.penalty + i.penalty
         st.half_objectives.append(objective)
@@ -240,17 +277,7 @@ def run_als(
             log.info("%s converged: relative change of J below als.tol=%g", name, params.tol)
         if on_iteration is not None:
             on_iteration(st)
-    model = BiasedMF(
-        solver.global_mean, st.users_f, st.users_b, st.items_f, st.items_b, st.users_n, st.items_n
-    )
-    return ALSResult(model, st.history, st.half_objectives, st.converged)
-
-
-def _initial_penalty(solver, params: ALSParams, items_f, items_b) -> float:
-    counts = getattr(solver, "item_counts", None)
-    if counts is None:
-        return 0.0
-    return params.reg.penalty(items_f, items_b, counts)
+    return ALSResult(st.model(solver.global_mean), st.history, st.half_objectives, st.converged)
 
 
 class LocalSolver:
@@ -277,7 +304,11 @@ class LocalSolver:
         else:
             self.test_by_item, self.n_test = None, 0
 
-    def solve(self, side: str, fixed_factors: np.ndarray, fixed_bias: np.ndarray) -> SideOutcome:
+    def initial_state(self, params: ALSParams) -> ALSState:
+        return ALSState.initial(self, params)
+
+    def solve(self, side: str, fixed) -> SideOutcome:
+        fixed_factors, fixed_bias = fixed
         block = self.by_user if side == USER else self.by_item
         p = self.params
         res = half_step(block, fixed_factors, fixed_bias, self.global_mean, p.reg, p.dtype, **p.kernel)

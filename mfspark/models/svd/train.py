@@ -104,6 +104,7 @@ def block_errors(side: str, train: RatingRows, test: RatingRows, payload) -> dic
     global_mean, user_f, user_b, item_f, item_b, clip = payload
     rows = np.asarray(train.rows)
     own_f, own_b = np.take(item_f, rows, axis=0), np.take(item_b, rows)
+    user_f, user_b = train.local(user_f), train.local(user_b)  # train and test share columns
     residual_sse, _, _ = squared_error(global_mean, own_f, own_b, user_f, user_b, train, None)
     sse, _, n = squared_error(global_mean, own_f, own_b, user_f, user_b, train, clip)
     test_sse, _, test_n = squared_error(global_mean, own_f, own_b, user_f, user_b, test, clip)
