@@ -5,7 +5,9 @@ All three systems see the same prepared train/test split in the same process:
 * ``mllib`` — :class:`pyspark.ml.recommendation.ALS` (no biases; regParam is count-scaled).
   Test rows it predicts as NaN (users/items it never saw) are scored with the global train
   mean, not dropped; its predictions are not clipped (as it is used).
-* ``mfspark`` — :class:`mfspark.models.als.spark.SparkBlockSolver` (blocked biased ALS).
+* ``mfspark`` — :class:`mfspark.models.als.spark.SparkBlockSolver` (blocked biased ALS),
+  broadcast exchange; ``mfspark_partitioned`` — the same with the partitioned exchange
+  (``als.exchange``), same regularisation.
 * ``numpy`` — the same biased ALS in one Python process (:class:`mfspark.models.als.train.LocalSolver`):
   the one-machine limit of the same arithmetic, with the ratings collected to the driver.
 * ``bpmf`` — Bayesian MF by Gibbs sampling on the same kind of cached blocks
@@ -300,12 +302,20 @@ def fit_mllib(spark, train, test, rank, iterations, reg, seed, global_mean, tag)
     return float(rmse), fit_seconds, setup, per_iter, timing, model
 
 
-def fit_mfspark(spark, train, test, n_users, n_items, params, cfg):
+def fit_mfspark(spark, train, test, n_users, n_items, params, cfg, exchange="broadcast"):
     started = time.time()
     with SparkBlockSolver(
-        spark, train, test, n_users, n_items, params, cfg.als.num_user_blocks, cfg.als.num_item_blocks
+        spark,
+        train,
+        test,
+        n_users,
+        n_items,
+        params,
+        cfg.als.num_user_blocks,
+        cfg.als.num_item_blocks,
+        exchange,
     ) as solver:
-        result = run_als(solver, params, "mfspark")
+        result = run_als(solver, params, "mfspark" if exchange == "broadcast" else "mfspark-part")
     return result, time.time() - started, solver.setup_seconds
 
 
@@ -500,7 +510,8 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     ensure_prepared(cfg, spark)
     prepared = Prepared.load(spark, out)
     n_users, n_items = prepared.users.count(), prepared.items.count()
-    check_broadcast_size(n_users, n_items, als.rank, als.max_broadcast_mb)
+    if {"mfspark", "numpy", "bpmf"} & set(bench.systems):  # they broadcast (or collect) a side
+        check_broadcast_size(n_users, n_items, als.rank, als.max_broadcast_mb)
     train = _indexed(prepared.train).cache()
     test = _indexed(prepared.test).cache()
     n_train, n_test = train.count(), test.count()
@@ -596,13 +607,18 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
                 mllib_blas(spark),
             )
         )
-    if "mfspark" in bench.systems:
+    for system, exchange in (("mfspark", "broadcast"), ("mfspark_partitioned", "partitioned")):
+        if system not in bench.systems:
+            continue
         with PeakMemory("all") as mem:
-            result, fit_s, setup = fit_mfspark(spark, train, test, n_users, n_items, final, cfg)
-        mfspark_model = result.model
+            result, fit_s, setup = fit_mfspark(
+                spark, train, test, n_users, n_items, final, cfg, exchange
+            )
+        if system == "mfspark":
+            mfspark_model = result.model
         runs.append(
             SystemRun(
-                "mfspark",
+                system,
                 rank,
                 result.iterations,
                 setup,

@@ -633,7 +633,9 @@ class RecommendConfig:
 class BenchmarkConfig:
     systems: list = field(
         default_factory=lambda: ["mllib", "mfspark", "numpy"],
-        metadata=_doc("Systems to run.", choices=("mllib", "mfspark", "numpy", "bpmf")),
+        metadata=_doc(
+            "Systems to run.", choices=("mllib", "mfspark", "mfspark_partitioned", "numpy", "bpmf")
+        ),
     )
     tune: bool = field(
         default=True,

@@ -381,10 +381,20 @@ def check_driver_log(text: str, cluster: Cluster, installed: Installed) -> None:
 def test_spark_submit_of_the_installed_pipeline_survives_an_executor_kill_and_matches_local_mode(
     installed, cluster, processes, local_predictions
 ):
-    """The pipeline (every stage but AutoRec and the blend), submitted to the cluster; one
-    executor JVM is SIGKILLed
-    during ALS training. Every model's predictions equal the local-mode run's."""
-    run = submit(installed, cluster, processes, "cluster", "--set", CLUSTER_STAGES)
+    """The pipeline (every stage but AutoRec and the blend), submitted to the cluster with ALS
+    in partitioned exchange (factors kept on the executors); one executor JVM is SIGKILLed
+    during ALS training. Every model's predictions equal the local-mode run's, whose ALS
+    broadcasts its factors."""
+    run = submit(
+        installed,
+        cluster,
+        processes,
+        "cluster",
+        "--set",
+        CLUSTER_STAGES,
+        "--set",
+        "als.exchange=partitioned",
+    )
     wait_for(r"als iteration 2:", run.log, run.proc, RUN_TIMEOUT)
     executors = executor_pids(cluster)
     assert len(executors) == 2, executors
@@ -398,6 +408,7 @@ def test_spark_submit_of_the_installed_pipeline_survives_an_executor_kill_and_ma
     after = text[logged_before_kill:]
     assert re.search(r"Lost executor \d+", after), tail(run.log, 80)  # Spark saw the loss ...
     assert re.search(r"als iteration [3-6]:", after)  # ... while training went on
+    assert "ALS factor exchange: partitioned (als.exchange=partitioned)" in text
     for model in MODELS:
         assert_same_predictions(read_predictions(run.out, model), local_predictions[model])
     # The stages after training ran on the cluster too.

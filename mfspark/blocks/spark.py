@@ -22,8 +22,19 @@ side (ALS: its factors and biases), run the model's per-block function on every 
 side at once, collect only its small result, destroy the broadcast. The ratings are never
 shuffled again. ALS (:mod:`mfspark.models.als.spark`) and Bayesian MF use the same store.
 
-Because a row's result depends only on its own ratings and the broadcast, results are
-identical for any number of blocks or partitions.
+A pass can instead *exchange* the fixed side (:meth:`BlockStore.exchange`), for a side too large
+to broadcast: the fixed side lives as an RDD of per-block states partitioned like the blocks;
+at first use the store records, for every pair (fixed block f, solving block s), which rows of f
+the block s rates (its block-local columns; one shuffle of column indices, cached as *routes*);
+each pass then sends every solving block exactly those rows (one shuffle of factors, never of
+ratings), the solving task places them at its local columns and runs the model's function, and
+the results stay cached where they were computed. Co-partitioned RDDs (the tokens, the routes,
+the states and the messages all use :func:`_block_partition`) are combined by a union that keeps
+partition p of each together, so no step but the message shuffle moves data, and nothing per
+entity reaches the driver.
+
+Because a row's result depends only on its own ratings and the fixed side's values, results are
+identical for any number of blocks or partitions, broadcast or exchanged.
 """
 
 from __future__ import annotations
@@ -388,7 +399,8 @@ def _receive_fn(side: str, fields: dict[str, tuple[tuple, type]], block_fn):
             for name in fields:
                 local[name][pos] = arrays[name]
         out = block_fn(side, train, test, local)
-        out.update(block=token["block"], seconds=time.perf_counter() - started)
+        received = sum(len(ids) for ids, _ in messages)
+        out.update(block=token["block"], seconds=time.perf_counter() - started, received=received)
         yield "state", out
 
     return receive

@@ -1,10 +1,19 @@
 """Blocked ALS on Spark: the :class:`~mfspark.models.als.train.SideSolver` over a
 :class:`~mfspark.blocks.spark.BlockStore`.
 
-Each half-step broadcasts the fixed side's factors and biases (float32), solves every entity
-of each block at once (:func:`mfspark.models.als.kernels.half_step`) and collects only the
-solved factors. Item blocks also hold the test ratings of their items, so the masked test
-error is computed where the new item factors are born.
+Two ways to give a half-step the fixed side (``als.exchange``, chosen by :func:`choose_exchange`):
+
+* ``broadcast``: the driver broadcasts the fixed side's factors and biases (float32), every block
+  takes the rows its columns address, solves every entity at once
+  (:func:`mfspark.models.als.kernels.half_step`), and the driver collects the solved factors;
+* ``partitioned``: the factors stay on the executors as one cached state per block
+  (:class:`DistributedState`); each half-step ships every block only the fixed rows it rates
+  (:meth:`~mfspark.blocks.spark.BlockStore.exchange`) and collects only sums (error, penalty).
+  The fitted model is brought to the driver at the end one block per job.
+
+Both run the same kernel on the same numbers, so they give bit-identical factors. Item blocks
+also hold the test ratings of their items, so the masked test error is computed where the new
+item factors are born.
 """
 
 from __future__ import annotations
@@ -94,7 +103,7 @@ def _initial_items_fn(params: ALSParams):
     return initial
 
 
-STATS = ("sse", "penalty", "test_sse", "test_abs", "test_n", "seconds")
+STATS = ("sse", "penalty", "test_sse", "test_abs", "test_n", "seconds", "received")
 
 
 def _stats(records) -> list[dict]:
@@ -182,6 +191,8 @@ class SparkBlockSolver:
             raise ValueError(f"exchange must be broadcast or partitioned, got {exchange!r}")
         self.params, self.exchange, self.spark = params, exchange, spark
         self._states: list[DistributedState] = []
+        #: (side, fixed-side rows shipped to its blocks) of every partitioned half-step.
+        self.shipped_rows: list[tuple[str, int]] = []
         self.store = BlockStore(
             spark,
             train,
@@ -253,10 +264,13 @@ class SparkBlockSolver:
         solved = self.store.exchange(side, fixed, fields, solve)
         solved.persist(StorageLevel.MEMORY_AND_DISK)
         parts = self.sums(solved, side, _stats)  # materialises the new state
+        shipped = sum(p["received"] for p in parts)
+        self.shipped_rows.append((side, shipped))
         log.debug(
-            "%s half-step (partitioned): %.2f s in Spark, blocks solved in %s s",
+            "%s half-step (partitioned): %.2f s in Spark, %s fixed rows shipped, blocks solved in %s s",
             side,
             time.perf_counter() - started,
+            f"{shipped:,}",
             ", ".join(f"{p['seconds']:.2f}" for p in parts),
         )
         empty = np.empty(0, np.int64)
