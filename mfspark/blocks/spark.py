@@ -22,16 +22,18 @@ side (ALS: its factors and biases), run the model's per-block function on every 
 side at once, collect only its small result, destroy the broadcast. The ratings are never
 shuffled again. ALS (:mod:`mfspark.models.als.spark`) and Bayesian MF use the same store.
 
-A pass can instead *exchange* the fixed side (:meth:`BlockStore.exchange`), for a side too large
-to broadcast: the fixed side lives as an RDD of per-block states partitioned like the blocks;
-at first use the store records, for every pair (fixed block f, solving block s), which rows of f
-the block s rates (its block-local columns; one shuffle of column indices, cached as *routes*);
-each pass then sends every solving block exactly those rows (one shuffle of factors, never of
-ratings), the solving task places them at its local columns and runs the model's function, and
-the results stay cached where they were computed. Co-partitioned RDDs (the tokens, the routes,
-the states and the messages all use :func:`_block_partition`) are combined by a union that keeps
-partition p of each together, so no step but the message shuffle moves data, and nothing per
-entity reaches the driver.
+A pass can instead *exchange* the fixed side (:meth:`BlockStore.step`), for a side too large
+to broadcast: each side lives as an RDD of per-block states partitioned like the blocks. At
+first use the store records, for every pair (block f, block s of the other side), which rows of
+f the block s rates (its block-local columns; one shuffle of column indices, cached as
+*routes*). Then each step is **one Spark stage**: the task of block s reads the rows shipped to
+it, builds its new state (ALS: solves), keeps it cached, and at once writes the messages that
+ship each block of the other side exactly the rows of s it rates — the shuffle the other
+side's next step reads (the stage is run as the map stage of that shuffle). Per-block sums come
+back through an accumulator keyed by block. Co-partitioned RDDs (tokens, routes, states,
+messages: all partitioned by :func:`_block_partition`) are combined by a union that keeps
+partition p of each together, so only the messages move, and nothing per entity reaches the
+driver.
 
 Because a row's result depends only on its own ratings and the fixed side's values, results are
 identical for any number of blocks or partitions, broadcast or exchanged.
@@ -49,7 +51,7 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
-from pyspark import StorageLevel
+from pyspark import AccumulatorParam, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -355,40 +357,53 @@ def _route_fn(records):
         yield ("route", target, pos[held], ids[held].astype(np.int32))
 
 
-def _send_fn(fields: tuple[str, ...]):
-    """Partition f: block f's state and its routes → one message per block that rates it."""
+class _Stats(AccumulatorParam):
+    """Per-block summaries of one exchange step, keyed by block: a task run again (a lost
+    executor, a recomputed partition) reports the same values under the same key."""
 
-    def send(records):
-        state, routes = None, []
-        for record in records:
-            if record[0] == "state":
-                state = record[1]
-            elif record[0] == "route":
-                routes.append(record)
-        if state is None:  # a partition of the solving side: its routes serve the other pass
-            return
-        for _, target, pos, ids in routes:
-            yield target, (ids, {name: np.take(state[name], pos, axis=0) for name in fields})
+    def zero(self, value):
+        return {}
 
-    return send
+    def addInPlace(self, a, b):
+        a.update(b)
+        return a
 
 
-def _receive_fn(side: str, fields: dict[str, tuple[tuple, type]], block_fn):
-    """Partition s: its token and the messages for it → the block function's state record."""
+def _step_fn(side: str, fields: tuple[str, ...], make_state, summarize, stats):
+    """Partition s: its token, its routes and the messages for it → the block's new state,
+    and the messages that state sends to the blocks of the other side that rate its rows."""
 
-    def receive(records):
+    def step(records):
         from mfspark.session import worker_single_thread
 
         worker_single_thread()
-        token, messages = None, []
+        token, routes, messages = None, [], []
         for record in records:
             if isinstance(record, dict):
                 token = record
-            else:
+            elif record[0] == "route":
+                routes.append(record)
+            else:  # (block partition, (ids, arrays)) from the previous step's shuffle
                 messages.append(record[1])
         if token is None or token["side"] != side:
             return
         started = time.perf_counter()
+        state = make_state(token, messages)
+        state.update(block=token["block"], seconds=time.perf_counter() - started)
+        state["received"] = sum(len(ids) for ids, _ in messages)
+        stats.add({token["block"]: summarize(state)})
+        yield "state", state
+        for _, target, pos, ids in routes:
+            yield target, (ids, {name: np.take(state[name], pos, axis=0) for name in fields})
+
+    return step
+
+
+def exchanged_block_fn(fields: dict[str, tuple[tuple, type]], block_fn):
+    """``make_state`` of a solving step: open the block, place the shipped rows at its local
+    columns (rows no block holds stay zero) and run ``block_fn(side, train, test, local)``."""
+
+    def make_state(token: dict, messages) -> dict:
         train, test = _open_or_fail(token)
         col_ids = np.asarray(train.col_ids, dtype=np.int64)
         local = {
@@ -398,12 +413,24 @@ def _receive_fn(side: str, fields: dict[str, tuple[tuple, type]], block_fn):
             pos = np.searchsorted(col_ids, ids)
             for name in fields:
                 local[name][pos] = arrays[name]
-        out = block_fn(side, train, test, local)
-        received = sum(len(ids) for ids, _ in messages)
-        out.update(block=token["block"], seconds=time.perf_counter() - started, received=received)
-        yield "state", out
+        return block_fn(token["side"], train, test, local)
 
-    return receive
+    return make_state
+
+
+def _shuffle_dependency(rdd):
+    """The JVM ShuffleDependency that ``rdd`` (a ``partitionBy`` result) reads."""
+    jrdd = rdd._jrdd.rdd()
+    for _ in range(8):  # partitionBy wraps the shuffled RDD in a map or two
+        dep = jrdd.dependencies().head()
+        if dep.getClass().getName() == "org.apache.spark.ShuffleDependency":
+            return dep
+        jrdd = dep.rdd()
+    raise MfsparkError("no shuffle found under a partitioned RDD; cannot run its map stage")
+
+
+def _is_message(record) -> bool:
+    return record[0] != "state"
 
 
 class BlockStore:
@@ -524,27 +551,35 @@ class BlockStore:
             )
         return self._routes
 
-    def exchange(self, side: str, fixed, fields: dict[str, tuple[tuple, type]], block_fn):
-        """One pass over ``side`` with the fixed side's rows *shipped*, not broadcast.
+    def step(self, side: str, incoming, fields: tuple[str, ...], make_state, summarize):
+        """One exchange step over the blocks of ``side`` (module docstring): returns
+        ``(states, outgoing, summaries)``.
 
-        ``fixed``: an RDD partitioned like the blocks whose partitions of the other side hold
-        one ``("state", dict)`` each, the dict holding ``rows`` (the block's global indices,
-        ascending) and arrays with one row per entity, of which ``fields`` (name → (shape of
-        one row, dtype)) are shipped. Each
-        block of the other side sends every block of ``side`` exactly the rows it rates (one
-        shuffle); ``block_fn(side, train, test, local)`` then runs on every block of ``side``
-        with ``local[name]`` aligned with the block's columns (rows no block holds are zero)
-        and must return a dict. Returns the lazy RDD of ``("state", dict)`` records, one per
-        block of ``side``, partitioned like the blocks; nothing passes through the driver.
+        ``make_state(token, messages)`` builds a block's new state (a dict holding ``rows`` and
+        one row per entity in each of ``fields``) from the messages ``incoming`` brings it (an
+        RDD returned as ``outgoing`` by a step over the other side, or None); ``states`` (the
+        cached ``("state", dict)`` records) keeps it on the executor. In the same task the state
+        sends every block of the other side exactly the rows of ``fields`` that block rates:
+        ``outgoing``, the next step's ``incoming``, whose shuffle files are written by this
+        step (one Spark stage per step). ``summarize(state)`` gives the small dict the driver
+        receives per block (``summaries``, in block order); nothing per entity reaches it.
         """
-        messages = (
-            self.co_partitioned(fixed, self.routes())
-            .mapPartitions(_send_fn(tuple(fields)))
-            .partitionBy(self.num_partitions, _block_partition)
+        sc = self.spark.sparkContext
+        stats = sc.accumulator({}, _Stats())
+        parents = [self.tokens, self.routes()] + ([incoming] if incoming is not None else [])
+        states = (
+            self.co_partitioned(*parents)
+            # not preservesPartitioning: the messages are keyed by their target block, so the
+            # partitionBy below must really shuffle them
+            .mapPartitions(_step_fn(side, fields, make_state, summarize, stats))
+            .persist(StorageLevel.MEMORY_AND_DISK)
         )
-        return self.co_partitioned(self.tokens, messages).mapPartitions(
-            _receive_fn(side, fields, block_fn), preservesPartitioning=True
-        )
+        outgoing = states.filter(_is_message).partitionBy(self.num_partitions, _block_partition)
+        # Run only the map stage of the outgoing shuffle: it computes (and caches) the states
+        # and writes the messages; the next step's tasks read them.
+        sc._jsc.sc().submitMapStage(_shuffle_dependency(outgoing)).get()
+        summaries = stats.value
+        return states, outgoing, [summaries[b] for b in sorted(summaries)]
 
     def run(self, side: str, payload, block_fn) -> list[dict]:
         """``block_fn(side, train, test, payload)`` on every block of ``side``; its dicts.

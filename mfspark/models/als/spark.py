@@ -22,12 +22,11 @@ import logging
 import time
 
 import numpy as np
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
 from mfspark.blocks.random import seeded_normal
 from mfspark.blocks.rows import ITEM, USER, RatingRows
-from mfspark.blocks.spark import BlockStore
+from mfspark.blocks.spark import BlockStore, exchanged_block_fn
 from mfspark.errors import MfsparkError
 from mfspark.models.als.kernels import half_step
 from mfspark.models.als.train import ALSParams, ALSState, SideOutcome
@@ -81,93 +80,81 @@ def _exchange_solve_fn(global_mean: float, params: ALSParams):
 
 
 def _initial_items_fn(params: ALSParams):
-    """Tokens → the seeded initial state of every item block (as ``ALSState.initial``)."""
+    """``make_state`` of the first step: an item block's seeded factors (as ``ALSState.initial``)."""
 
-    def initial(tokens):
-        for token in tokens:
-            if token["side"] != ITEM:
-                continue
-            rows = np.asarray(token["rows"], dtype=np.int64)
-            factors = seeded_normal(params.seed, rows, params.rank, params.init_std)
-            yield (
-                "state",
-                {
-                    "block": token["block"],
-                    "rows": rows.astype(np.int32),
-                    "factors": factors.astype(params.dtype),
-                    "bias": np.zeros(len(rows), dtype=params.dtype),
-                    "counts": np.asarray(token["counts"]),
-                },
-            )
+    def initial(token: dict, messages) -> dict:
+        rows = np.asarray(token["rows"], dtype=np.int64)
+        factors = seeded_normal(params.seed, rows, params.rank, params.init_std).astype(params.dtype)
+        bias = np.zeros(len(rows), dtype=params.dtype)
+        counts = np.asarray(token["counts"])
+        return {
+            "rows": rows.astype(np.int32),
+            "factors": factors,
+            "bias": bias,
+            "counts": counts,
+            "penalty": params.reg.penalty(factors, bias, counts),
+        }
 
     return initial
 
 
+#: What a partitioned step ships of a block's state, and what the driver receives of it.
+SHIPPED = ("factors", "bias")
 STATS = ("sse", "penalty", "test_sse", "test_abs", "test_n", "seconds", "received")
 
 
-def _stats(records) -> list[dict]:
-    """A block state's sums and its block id (what the driver receives of a pass)."""
-    return [{"block": r["block"], **{k: r[k] for k in STATS if k in r}} for _, r in records]
+def _summary(state: dict) -> dict:
+    return {k: state[k] for k in STATS if k in state}
 
 
-def _penalty_fn(reg):
-    def penalty(records) -> list[dict]:
-        return [
-            {"block": r["block"], "penalty": reg.penalty(r["factors"], r["bias"], r["counts"])}
-            for _, r in records
-        ]
-
-    return penalty
+def _state_records(records):
+    return (r for kind, r in records if kind == "state")
 
 
 class DistributedState(ALSState):
-    """The ALS loop's state when factors stay on the executors (partitioned exchange):
-    ``users_f``/``items_f`` hold each side's RDD of block states instead of arrays."""
+    """The ALS loop's state when factors stay on the executors (partitioned exchange): per
+    side, the cached RDD of its block states and the messages they sent (the other side's
+    next step reads them), instead of arrays."""
 
-    def __init__(self, solver: SparkBlockSolver, items):
-        super().__init__(0, None, None, items, None, None, None, float("nan"))
+    def __init__(self, solver: SparkBlockSolver, items, outgoing, item_penalty: float):
+        super().__init__(0, None, None, None, None, None, None, item_penalty)
         self.solver = solver
+        self.states = {USER: None, ITEM: items}
+        self.outgoing = {USER: None, ITEM: outgoing}
 
     def fixed(self, side: str):
-        return self.users_f if side == USER else self.items_f
+        return self.outgoing[side]
 
     def update(self, side: str, out: SideOutcome) -> None:
-        old = self.fixed(side)
-        if side == USER:
-            self.users_f = out.handle
-        else:
-            self.items_f = out.handle
+        old = self.states[side]
+        self.states[side], self.outgoing[side] = out.handle
         if old is not None:  # the new state is materialised: the old one is not needed
             old.unpersist()
-
-    def initial_item_penalty(self, solver, params: ALSParams) -> float:
-        parts = solver.sums(self.items_f, ITEM, _penalty_fn(params.reg))
-        return float(sum(p["penalty"] for p in parts))
 
     def model(self, global_mean: float) -> BiasedMF:
         """The fitted factors on the driver, brought one block per job (``toLocalIterator``):
         no single result is larger than a block."""
         s, k = self.solver, self.solver.params.rank
-        dtype = self.solver.params.dtype
         st = ALSState.initial(s, s.params)
-        for side, rdd in ((USER, self.users_f), (ITEM, self.items_f)):
+        for side, rdd in self.states.items():
+            if rdd is None:
+                continue
             f, b, n = (
                 (st.users_f, st.users_b, st.users_n)
                 if side == USER
                 else (st.items_f, st.items_b, st.items_n)
             )
-            for _, r in rdd.toLocalIterator() if rdd is not None else ():
+            for r in _state_records(rdd.toLocalIterator()):
                 rows = np.asarray(r["rows"], dtype=np.int64)
-                f[rows] = np.asarray(r["factors"], dtype).reshape(-1, k)
+                f[rows] = np.asarray(r["factors"]).reshape(-1, k)
                 b[rows], n[rows] = r["bias"], r["counts"]
         return st.model(global_mean)
 
-    def arrays(self):  # pragma: no cover - refused up front (check_exchange_settings)
+    def arrays(self):  # pragma: no cover - refused up front by the train_als job
         raise MfsparkError("ALS checkpoints need als.exchange=broadcast")
 
     def release(self) -> None:
-        for rdd in (self.users_f, self.items_f):
+        for rdd in self.states.values():
             if rdd is not None:
                 rdd.unpersist()
 
@@ -214,15 +201,12 @@ class SparkBlockSolver:
     def initial_state(self, params: ALSParams) -> ALSState:
         if self.exchange == "broadcast":
             return ALSState.initial(self, params)
-        items = self.store.tokens.mapPartitions(_initial_items_fn(params), preservesPartitioning=True)
-        state = DistributedState(self, items.persist(StorageLevel.MEMORY_AND_DISK))
+        items, outgoing, parts = self.store.step(
+            ITEM, None, SHIPPED, _initial_items_fn(params), _summary
+        )
+        state = DistributedState(self, items, outgoing, float(sum(p["penalty"] for p in parts)))
         self._states.append(state)
         return state
-
-    def sums(self, rdd, side: str, fn) -> list[dict]:
-        """``fn`` over the block states of ``side`` in ``rdd``: small dicts, in block order."""
-        parts = self.spark.sparkContext.runJob(rdd, fn, self.store.partitions[side])
-        return sorted(parts, key=lambda p: p["block"])
 
     def solve(self, side: str, fixed) -> SideOutcome:
         if self.exchange == "partitioned":
@@ -253,17 +237,15 @@ class SparkBlockSolver:
             counts=self.store.counts[side][rows],
         )
 
-    def _solve_partitioned(self, side: str, fixed) -> SideOutcome:
-        """A half-step by partitioned exchange: the fixed side's blocks ship each block of
-        ``side`` the rows it rates; the solved states stay cached on the executors and only
-        their sums reach the driver."""
+    def _solve_partitioned(self, side: str, incoming) -> SideOutcome:
+        """A half-step by partitioned exchange: every block of ``side`` gets the fixed rows it
+        rates from ``incoming`` (sent by the fixed side's last step), solves, keeps its state
+        cached and sends its own rows on; only sums reach the driver."""
         started = time.perf_counter()
         k = self.params.rank
         fields = {"factors": ((k,), np.float32), "bias": ((), np.float32)}
-        solve = _exchange_solve_fn(self.global_mean, self.params)
-        solved = self.store.exchange(side, fixed, fields, solve)
-        solved.persist(StorageLevel.MEMORY_AND_DISK)
-        parts = self.sums(solved, side, _stats)  # materialises the new state
+        solve = exchanged_block_fn(fields, _exchange_solve_fn(self.global_mean, self.params))
+        states, outgoing, parts = self.store.step(side, incoming, SHIPPED, solve, _summary)
         shipped = sum(p["received"] for p in parts)
         self.shipped_rows.append((side, shipped))
         log.debug(
@@ -275,7 +257,12 @@ class SparkBlockSolver:
         )
         empty = np.empty(0, np.int64)
         return _outcome(
-            parts, rows=empty, factors=np.empty((0, k)), bias=empty, counts=empty, handle=solved
+            parts,
+            rows=empty,
+            factors=np.empty((0, k)),
+            bias=empty,
+            counts=empty,
+            handle=(states, outgoing),
         )
 
     def close(self) -> None:
