@@ -206,9 +206,9 @@ def test_partitioned_fit_completes_with_a_result_limit_below_one_side(run_job, t
     settings = [
         f"output.path={out}",
         'pipeline.stages=["prepare","train_als"]',
-        "synthetic.n_users=40000",  # one user side: 40,000 x 11 float32 = 1.7 MB
-        "synthetic.n_items=500",
-        "synthetic.n_ratings=150000",
+        "synthetic.n_users=30000",  # one user side: 30,000 x 11 float32 = 1.3 MB
+        "synthetic.n_items=300",
+        "synthetic.n_ratings=60000",
         "als.max_iter=2",
         "als.num_user_blocks=8",
         "spark.master=local[2]",
@@ -221,5 +221,9 @@ def test_partitioned_fit_completes_with_a_result_limit_below_one_side(run_job, t
     import pyarrow.parquet as pq
 
     factors = pq.read_table(f"{out}/models/als/user_factors").to_pandas()
-    trained = factors[factors["count"] > 0] if "count" in factors else factors
-    assert len(factors) > 39_000 and np.abs(np.stack(trained["factors"])).max() > 0.01
+    train_users = pq.read_table(f"{out}/prepared/train", columns=["user_idx"]).column(0).to_numpy()
+    trained = factors[factors["n_train"] > 0]
+    # every user with train ratings came back from its block, with its count and real factors
+    assert len(trained) == len(np.unique(train_users)) > 25_000
+    assert trained["n_train"].sum() == len(train_users)
+    assert np.abs(np.stack(trained["factors"])).max(axis=1).min() > 0

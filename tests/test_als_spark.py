@@ -107,7 +107,7 @@ def test_spark_solver_equals_local_solver_and_ignores_blocking(spark, ratings, k
 def test_partitioned_exchange_equals_broadcast(spark, ratings, blocks):
     """Shipping each block only the rows it rates gives the broadcast's factors bit for bit
     (the same kernels see the same numbers), and the same per-iteration figures."""
-    params = ALSParams(rank=4, max_iter=5, tol=0.0, clip=(1.0, 5.0), gram="sparse", tile=64)
+    params = ALSParams(rank=4, max_iter=3, tol=0.0, clip=(1.0, 5.0), gram="sparse", tile=64)
     want, _ = fit_spark(spark, ratings, params, *blocks)
     before = persistent_rdds(spark)
     got, solver = fit_spark(spark, ratings, params, *blocks, exchange="partitioned")
