@@ -22,6 +22,7 @@ SLOW_FIRST = (
     "test_report.py",
     "test_jobs.py",
     "test_als_spark.py",
+    "test_als_cleanup.py",  # a pipeline subprocess (partitioned exchange under a result limit)
 )
 
 
