@@ -440,7 +440,7 @@ class BlockStore:
     are the index sizes. After set-up the store knows the global mean and the sizes and,
     with ``per_entity`` (broadcast passes need them), every entity's block and train rating
     count, without a rating on the driver. Without ``per_entity`` (partitioned passes,
-    :meth:`exchange`) the driver keeps nothing per entity.
+    :meth:`step`) the driver keeps nothing per entity.
     """
 
     def __init__(

@@ -8,7 +8,7 @@ Two ways to give a half-step the fixed side (``als.exchange``, chosen by :func:`
   (:func:`mfspark.models.als.kernels.half_step`), and the driver collects the solved factors;
 * ``partitioned``: the factors stay on the executors as one cached state per block
   (:class:`DistributedState`); each half-step ships every block only the fixed rows it rates
-  (:meth:`~mfspark.blocks.spark.BlockStore.exchange`) and collects only sums (error, penalty).
+  (:meth:`~mfspark.blocks.spark.BlockStore.step`) and collects only sums (error, penalty).
   The fitted model is brought to the driver at the end one block per job.
 
 Both run the same kernel on the same numbers, so they give bit-identical factors. Item blocks
@@ -98,8 +98,13 @@ def _initial_items_fn(params: ALSParams):
     return initial
 
 
-#: What a partitioned step ships of a block's state, and what the driver receives of it.
-SHIPPED = ("factors", "bias")
+def _shipped(rank: int) -> dict[str, tuple[tuple, type]]:
+    """What a partitioned step ships of a block's state: name → (shape of a row, dtype), the
+    float32 a broadcast carries."""
+    return {"factors": ((rank,), np.float32), "bias": ((), np.float32)}
+
+
+#: What the driver receives of a block's state after a partitioned step.
 STATS = ("sse", "penalty", "test_sse", "test_abs", "test_n", "seconds", "received")
 
 
@@ -202,7 +207,7 @@ class SparkBlockSolver:
         if self.exchange == "broadcast":
             return ALSState.initial(self, params)
         items, outgoing, parts = self.store.step(
-            ITEM, None, SHIPPED, _initial_items_fn(params), _summary
+            ITEM, None, tuple(_shipped(params.rank)), _initial_items_fn(params), _summary
         )
         state = DistributedState(self, items, outgoing, float(sum(p["penalty"] for p in parts)))
         self._states.append(state)
@@ -243,9 +248,9 @@ class SparkBlockSolver:
         cached and sends its own rows on; only sums reach the driver."""
         started = time.perf_counter()
         k = self.params.rank
-        fields = {"factors": ((k,), np.float32), "bias": ((), np.float32)}
+        fields = _shipped(k)
         solve = exchanged_block_fn(fields, _exchange_solve_fn(self.global_mean, self.params))
-        states, outgoing, parts = self.store.step(side, incoming, SHIPPED, solve, _summary)
+        states, outgoing, parts = self.store.step(side, incoming, tuple(fields), solve, _summary)
         shipped = sum(p["received"] for p in parts)
         self.shipped_rows.append((side, shipped))
         log.debug(
