@@ -3,8 +3,9 @@
 Set-up (one Spark job): every input partition of the train (and test) ratings is split, in
 numpy, by user block (user index mod ``num_user_blocks``) and by item block (item index mod
 ``num_item_blocks``); each piece travels as a few large byte arrays through one shuffle whose
-partitions are exactly the blocks (user blocks first, then item blocks), and each reduce task
-builds its block of column-tiled CSR arrays (:class:`mfspark.blocks.rows.RatingRows`). The
+partition p holds user block p and item block p, and each reduce task builds its blocks of
+column-tiled CSR arrays (:class:`mfspark.blocks.rows.RatingRows`). A pass over one side thus
+runs one task per block of that side and none for the other side. The
 JVM only moves opaque bytes: no per-rating rows are built, converted or pickled. Item blocks
 also carry the test ratings of their items, so the masked test error is computed where the
 new item factors are born.
@@ -65,8 +66,8 @@ log = logging.getLogger(__name__)
 # Arrow binary values use 32-bit offsets: one piece of a block must stay below 2 GiB.
 MAX_PIECE_BYTES = 2**31 - 1
 
-#: One piece of a block, as the map side emits it: the target partition (``part``: user
-#: blocks first, then item blocks) and the ratings as raw little-endian arrays.
+#: One piece of a block, as the map side emits it: the block's key (``part``, see
+#: :func:`block_key`) and the ratings as raw little-endian arrays.
 PIECE_ARRAYS = (("rows", np.int32), ("cols", np.int32), ("values", np.float32), ("is_test", np.bool_))
 PIECE_SCHEMA = T.StructType(
     [T.StructField("part", T.IntegerType(), False)]
@@ -120,8 +121,14 @@ def _split_fn(num_user_blocks: int, num_item_blocks: int):
         del table, parts
         train = ~is_test
         sides = (  # user blocks get train ratings only; item blocks also the test ratings
-            (users[train], items[train], values[train], is_test[train], users[train] % num_user_blocks),
-            (items, users, values, is_test, num_user_blocks + items % num_item_blocks),
+            (
+                users[train],
+                items[train],
+                values[train],
+                is_test[train],
+                2 * (users[train] % num_user_blocks),
+            ),
+            (items, users, values, is_test, 2 * (items % num_item_blocks) + 1),
         )
         for rows, cols, vals, test, part in sides:
             if not len(part):  # e.g. an input partition of test ratings only
@@ -139,11 +146,23 @@ def _split_fn(num_user_blocks: int, num_item_blocks: int):
     return split
 
 
-def _block_partition(part: int) -> int:
-    """The partition function of everything keyed by block (user blocks first, then item
-    blocks). One function object, so RDDs partitioned by it are co-partitioned: a union of
-    them keeps partition p of each together, without a shuffle."""
-    return part
+def block_key(side: str, block: int) -> int:
+    """The key of ``side``'s block ``block`` (pieces, tokens, routes and messages are keyed by
+    it): ``2 · block`` for a user block, ``2 · block + 1`` for an item block."""
+    return 2 * int(block) + (side == ITEM)
+
+
+def key_block(key: int) -> tuple[str, int]:
+    """(side, block) of a :func:`block_key`."""
+    return (ITEM if key & 1 else USER), key >> 1
+
+
+def _block_partition(key: int) -> int:
+    """The partition function of everything keyed by :func:`block_key`: partition p holds
+    user block p and item block p, so a pass over either side runs one task per block and no
+    task for the other side. One function object, so RDDs partitioned by it are
+    co-partitioned: a union of them keeps partition p of each together, without a shuffle."""
+    return key >> 1
 
 
 def _local_root() -> str:
@@ -217,21 +236,29 @@ def open_block(directory: str) -> tuple[RatingRows, RatingRows] | None:
     return train, test
 
 
-def _build_fn(width: int, num_user_blocks: int, store_dir: str | None):
-    """mapPartitionsWithIndex function: a shuffle partition's pieces → its block, either kept
-    in memory (``store_dir=None``) or saved under ``store_dir`` with a token."""
+def _build_fn(width: int, store_dir: str | None):
+    """mapPartitions function: a shuffle partition's pieces → its blocks (user block p, then
+    item block p), each either kept in memory (``store_dir=None``) or saved under
+    ``store_dir`` with a token."""
 
-    def build(part: int, records):
+    def build(records):
         from mfspark.session import worker_single_thread
 
         worker_single_thread()
-        # Pieces arrive in shuffle-fetch order; the block does not depend on it because the
+        # Pieces arrive in shuffle-fetch order; a block does not depend on it because the
         # (row, col) pairs are unique and from_coo sorts by them.
-        pieces = [value for _, value in records]
-        block = _assemble(pieces, width)
-        if block is None:
-            return
-        side, block_id = (USER, part) if part < num_user_blocks else (ITEM, part - num_user_blocks)
+        pieces: dict[int, list] = {}
+        for key, value in records:
+            pieces.setdefault(key, []).append(value)
+        for key in sorted(pieces):
+            yield from _build_block(*key_block(key), pieces.pop(key), width, store_dir)
+
+    return build
+
+
+def _build_block(side: str, block_id: int, pieces: list, width: int, store_dir: str | None):
+    block = _assemble(pieces, width)
+    if block is not None:
         train, test = block
         if store_dir is None:
             yield {"side": side, "block": block_id, "train": train, "test": test}
@@ -249,8 +276,6 @@ def _build_fn(width: int, num_user_blocks: int, store_dir: str | None):
             "value_sum": float(np.sum(train.values, dtype=np.float64)),
             "n_test": test.nnz,
         }
-
-    return build
 
 
 def _sweep_fn(store_dir: str, recorded: dict[str, list[str]]):
@@ -272,6 +297,8 @@ def _sweep_fn(store_dir: str, recorded: dict[str, list[str]]):
 def _run_stored_fn(side: str, block_fn, payload):
     def run(tokens):
         for token in tokens:
+            if token["side"] != side:
+                continue
             block = open_block(token["dir"])
             if block is None:
                 yield {"missing": token["block"]}
@@ -286,6 +313,8 @@ def _run_stored_fn(side: str, block_fn, payload):
 def _run_packed_fn(side: str, block_fn, payload):
     def run(blocks):
         for block in blocks:
+            if block["side"] != side:
+                continue
             yield _timed(block_fn, side, block["block"], block["train"], block["test"], payload)
 
     return run
@@ -317,9 +346,9 @@ def _open_or_fail(token: dict) -> tuple[RatingRows, RatingRows]:
     return block
 
 
-def _request_fn(num_blocks: dict[str, int], offsets: dict[str, int]):
-    """Tokens → ``(partition of fixed block f, (partition of block s, ids))``: the fixed-side
-    entities of block f that block s rates, ascending."""
+def _request_fn(num_blocks: dict[str, int]):
+    """Tokens → ``(key of fixed block f, (key of block s, ids))``: the fixed-side entities of
+    block f that block s rates, ascending."""
 
     def run(tokens):
         for token in tokens:
@@ -332,29 +361,33 @@ def _request_fn(num_blocks: dict[str, int], offsets: dict[str, int]):
             bounds = np.flatnonzero(np.diff(owner)) + 1
             for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(owner)], strict=True):
                 if a < b:
-                    target = offsets[other] + int(owner[a])
-                    yield target, (offsets[token["side"]] + token["block"], ids[order[a:b]])
+                    target = block_key(other, int(owner[a]))
+                    yield target, (block_key(token["side"], token["block"]), ids[order[a:b]])
 
     return run
 
 
 def _route_fn(records):
-    """Partition f: its token and the requests for it → ``("route", s, positions, ids)`` with
-    the positions of the requested ids among block f's rows (ids f does not hold, e.g. users
-    with test ratings only, are left out: they stay zero at the receiver)."""
-    token, requests = None, []
+    """Partition p: its tokens and the requests for their blocks → ``("route", side of f, key
+    of s, positions, ids)`` with the positions of the ids block s requests among block f's rows
+    (ids f does not hold, e.g. users with test ratings only, are left out: they stay zero at
+    the receiver)."""
+    tokens, requests = {}, []
     for record in records:
         if isinstance(record, dict):
-            token = record
+            tokens[block_key(record["side"], record["block"])] = record
         else:
-            requests.append(record[1])
-    if token is None:
-        return
-    rows = np.asarray(_open_or_fail(token)[0].rows, dtype=np.int64)
-    for target, ids in requests:
-        pos = np.minimum(np.searchsorted(rows, ids), max(len(rows) - 1, 0))
-        held = rows[pos] == ids if len(rows) else np.zeros(len(ids), bool)
-        yield ("route", target, pos[held], ids[held].astype(np.int32))
+            requests.append(record)
+    rows = {}
+    for key, (target, ids) in requests:
+        if key not in tokens:
+            continue
+        if key not in rows:
+            rows[key] = np.asarray(_open_or_fail(tokens[key])[0].rows, dtype=np.int64)
+        held_rows = rows[key]
+        pos = np.minimum(np.searchsorted(held_rows, ids), max(len(held_rows) - 1, 0))
+        held = held_rows[pos] == ids if len(held_rows) else np.zeros(len(ids), bool)
+        yield ("route", tokens[key]["side"], target, pos[held], ids[held].astype(np.int32))
 
 
 class _Stats(AccumulatorParam):
@@ -380,12 +413,14 @@ def _step_fn(side: str, fields: tuple[str, ...], make_state, summarize, stats):
         token, routes, messages = None, [], []
         for record in records:
             if isinstance(record, dict):
-                token = record
+                if record["side"] == side:
+                    token = record
             elif record[0] == "route":
-                routes.append(record)
-            else:  # (block partition, (ids, arrays)) from the previous step's shuffle
+                if record[1] == side:
+                    routes.append(record)
+            else:  # (block key, (ids, arrays)) from the previous step's shuffle
                 messages.append(record[1])
-        if token is None or token["side"] != side:
+        if token is None:
             return
         started = time.perf_counter()
         state = make_state(token, messages)
@@ -393,7 +428,7 @@ def _step_fn(side: str, fields: tuple[str, ...], make_state, summarize, stats):
         state["received"] = sum(len(ids) for ids, _ in messages)
         stats.add({token["block"]: summarize(state)})
         yield "state", state
-        for _, target, pos, ids in routes:
+        for _, _, target, pos, ids in routes:
             yield target, (ids, {name: np.take(state[name], pos, axis=0) for name in fields})
 
     return step
@@ -461,10 +496,8 @@ class BlockStore:
         parallelism = spark.sparkContext.defaultParallelism
         self.num_blocks = {USER: num_user_blocks or parallelism, ITEM: num_item_blocks or parallelism}
         n_user_blocks = self.num_blocks[USER]
-        self.partitions = {
-            USER: list(range(n_user_blocks)),
-            ITEM: list(range(n_user_blocks, n_user_blocks + self.num_blocks[ITEM])),
-        }
+        #: The partitions holding each side's blocks: block b is in partition b.
+        self.partitions = {side: list(range(n)) for side, n in self.num_blocks.items()}
         self.store_dir = f"mfspark-blocks-{uuid.uuid4().hex[:12]}"
         ratings = [train.select(C.USER_IDX, C.ITEM_IDX, C.RATING, F.lit(False).alias("is_test"))]
         if test is not None:
@@ -472,15 +505,15 @@ class BlockStore:
         pieces = (ratings[0].unionByName(ratings[1]) if len(ratings) == 2 else ratings[0]).mapInArrow(
             _split_fn(n_user_blocks, self.num_blocks[ITEM]), PIECE_SCHEMA
         )
-        self.num_partitions = n_user_blocks + self.num_blocks[ITEM]
+        self.num_partitions = max(self.num_blocks.values())
         shuffled = pieces.rdd.map(lambda r: (r[0], tuple(r[1:]))).partitionBy(
             self.num_partitions, _block_partition
         )
         # Blocks rebuilt from the shuffle output, only for a block whose stored files are lost.
-        self.packed = shuffled.mapPartitionsWithIndex(_build_fn(width, n_user_blocks, None))
+        self.packed = shuffled.mapPartitions(_build_fn(width, None))
         # Build every block once, store it on its executor, cache the token that points there.
-        self.tokens = shuffled.mapPartitionsWithIndex(
-            _build_fn(width, n_user_blocks, self.store_dir), preservesPartitioning=True
+        self.tokens = shuffled.mapPartitions(
+            _build_fn(width, self.store_dir), preservesPartitioning=True
         ).persist(StorageLevel.MEMORY_ONLY)
         #: (host, directory) of every stored block seen so far: what close() must remove.
         self.locations: set[tuple[str, str]] = set()
@@ -540,8 +573,7 @@ class BlockStore:
         """For every block f and every block s of the other side: which rows of f (positions,
         global indices) s rates. Built once (one shuffle of column indices), cached."""
         if self._routes is None:
-            offsets = {side: parts[0] for side, parts in self.partitions.items()}
-            requests = self.tokens.mapPartitions(_request_fn(self.num_blocks, offsets)).partitionBy(
+            requests = self.tokens.mapPartitions(_request_fn(self.num_blocks)).partitionBy(
                 self.num_partitions, _block_partition
             )
             self._routes = (
@@ -603,9 +635,8 @@ class BlockStore:
                     side,
                     missing,
                 )
-                offset = self.partitions[side][0]
                 parts = [p for p in parts if "missing" not in p] + sc.runJob(
-                    self.packed, _run_packed_fn(side, block_fn, broadcast), [offset + b for b in missing]
+                    self.packed, _run_packed_fn(side, block_fn, broadcast), missing
                 )
         finally:
             broadcast.destroy()
