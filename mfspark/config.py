@@ -320,6 +320,16 @@ class BPMFConfig:
     num_item_blocks: int = field(
         default=0, metadata=_doc("Item blocks; 0 = Spark's default parallelism.", min=0)
     )
+    exchange: str = field(
+        default="auto",
+        metadata=_doc(
+            "How a pass gets the fixed side's sample, as als.exchange: `broadcast` (the chain on "
+            "the driver), `partitioned` (the chain stays on the executors, one state per block; "
+            "each block is shipped only the rows it rates) or `auto` (broadcast while a side "
+            "fits als.max_broadcast_mb and spark.driver.maxResultSize). Same draws either way.",
+            choices=("auto", "broadcast", "partitioned"),
+        ),
+    )
     clip_predictions: bool = field(
         default=True,
         metadata=_doc("Clip the predictive mean to the range of the training ratings."),

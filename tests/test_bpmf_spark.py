@@ -70,6 +70,52 @@ def test_spark_sampler_equals_local_sampler_for_any_blocking(spark, ratings):
     )
 
 
+def test_partitioned_chain_equals_the_driver_chain(spark, ratings):
+    """With the chain's state on the executors (partitioned exchange) every number is the
+    single-process sampler's, bit for bit: the exact sums give the same hyper-parameter and
+    noise draws, and the keyed row draws do not depend on where they run. Thinning (kept
+    sweeps 4 and 6 of 7) exercises a sweep that is averaged over but not kept."""
+    from leaks import leftover_dirs, persistent_rdds
+
+    train, test, n_users, n_items = ratings
+    params = BPMFParams(rank=3, burn_in=2, samples=7, thin=2, seed=9, saved_samples=2, clip=(1.0, 5.0))
+    arrays = lambda df: tuple(df[c].to_numpy() for c in (C.USER_IDX, C.ITEM_IDX, C.RATING))  # noqa: E731
+    want = run_gibbs(LocalSampler(arrays(train), n_users, n_items, params, arrays(test)), params)
+    before = persistent_rdds(spark)
+    sampler = SparkBlockSampler(
+        spark,
+        spark.createDataFrame(train),
+        spark.createDataFrame(test),
+        n_users,
+        n_items,
+        params,
+        7,
+        5,
+        exchange="partitioned",
+    )
+    try:
+        got = run_gibbs(sampler, params)
+    finally:
+        sampler.close()
+    assert persistent_rdds(spark) == before and leftover_dirs(spark, [sampler.store]) == []
+    assert sampler.store.counts is None  # nothing per entity was collected at set-up
+    for name in ("user_factors", "user_bias", "item_factors", "item_bias", "user_counts", "item_counts"):
+        np.testing.assert_array_equal(
+            getattr(got.posterior_mean, name), getattr(want.posterior_mean, name)
+        )
+    assert [(h.train_rmse, h.test_rmse, h.alpha) for h in got.history] == [
+        (h.train_rmse, h.test_rmse, h.alpha) for h in want.history
+    ]
+    assert got.n_kept == want.n_kept == 2 and got.noise_variance == want.noise_variance
+    assert [s.sweep for s in got.samples] == [4, 6]
+    for a, b in zip(got.samples, want.samples, strict=True):
+        np.testing.assert_array_equal(a.user_factors, b.user_factors)
+        np.testing.assert_array_equal(a.item_bias, b.item_bias)
+    for a, b in zip(by_cell(got), by_cell(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(got.posterior_mean.user_factors).max() > 0.05  # sampled, not zeros
+
+
 def test_train_bpmf_stage_writes_model_predictions_with_sd_and_metrics(spark, ratings, tmp_path):
     from mfspark.models.bpmf.job import run_train_bpmf
 
@@ -86,6 +132,7 @@ def test_train_bpmf_stage_writes_model_predictions_with_sd_and_metrics(spark, ra
             "bpmf.saved_samples=3",
             "bpmf.num_user_blocks=3",
             "bpmf.num_item_blocks=2",
+            "bpmf.exchange=partitioned",  # the chain on the executors (the same draws as broadcast)
         ],
     )
     entry = run_train_bpmf(cfg, spark)

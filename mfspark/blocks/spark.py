@@ -402,15 +402,17 @@ class _Stats(AccumulatorParam):
         return a
 
 
-def _step_fn(side: str, fields: tuple[str, ...], make_state, summarize, stats):
-    """Partition s: its token, its routes and the messages for it → the block's new state,
-    and the messages that state sends to the blocks of the other side that rate its rows."""
+def _step_fn(side: str, fields: tuple[str, ...], make_state, summarize, stats, carry: tuple[str, ...]):
+    """Partition p: the token of ``side``'s block p, its routes and what the previous step's
+    shuffle brought it → the block's new state, the messages that state sends to the blocks
+    of the other side that rate its rows and, with ``carry``, the state's ``carry`` entries
+    for this block's next step. The other side's carries pass through unchanged."""
 
     def step(records):
         from mfspark.session import worker_single_thread
 
         worker_single_thread()
-        token, routes, messages = None, [], []
+        token, routes, messages, previous = None, [], [], None
         for record in records:
             if isinstance(record, dict):
                 if record["side"] == side:
@@ -418,16 +420,22 @@ def _step_fn(side: str, fields: tuple[str, ...], make_state, summarize, stats):
             elif record[0] == "route":
                 if record[1] == side:
                     routes.append(record)
-            else:  # (block key, (ids, arrays)) from the previous step's shuffle
+            elif key_block(record[0])[0] != side:  # the other side's carry: on to its next step
+                yield record
+            elif isinstance(record[1], dict):  # this block's carry from its previous step
+                previous = record[1]
+            else:  # (block key, (ids, arrays)): rows shipped by the other side's last step
                 messages.append(record[1])
         if token is None:
             return
         started = time.perf_counter()
-        state = make_state(token, messages)
+        state = make_state(token, messages, previous)
         state.update(block=token["block"], seconds=time.perf_counter() - started)
         state["received"] = sum(len(ids) for ids, _ in messages)
         stats.add({token["block"]: summarize(state)})
         yield "state", state
+        if carry:
+            yield block_key(side, token["block"]), {name: state[name] for name in carry}
         for _, _, target, pos, ids in routes:
             yield target, (ids, {name: np.take(state[name], pos, axis=0) for name in fields})
 
@@ -436,9 +444,10 @@ def _step_fn(side: str, fields: tuple[str, ...], make_state, summarize, stats):
 
 def exchanged_block_fn(fields: dict[str, tuple[tuple, type]], block_fn):
     """``make_state`` of a solving step: open the block, place the shipped rows at its local
-    columns (rows no block holds stay zero) and run ``block_fn(side, train, test, local)``."""
+    columns (rows no block holds stay zero) and run ``block_fn(side, train, test, local,
+    previous)`` (``previous``: the block's carry from its last step, or None)."""
 
-    def make_state(token: dict, messages) -> dict:
+    def make_state(token: dict, messages, previous) -> dict:
         train, test = _open_or_fail(token)
         col_ids = np.asarray(train.col_ids, dtype=np.int64)
         local = {
@@ -448,7 +457,7 @@ def exchanged_block_fn(fields: dict[str, tuple[tuple, type]], block_fn):
             pos = np.searchsorted(col_ids, ids)
             for name in fields:
                 local[name][pos] = arrays[name]
-        return block_fn(token["side"], train, test, local)
+        return block_fn(token["side"], train, test, local, previous)
 
     return make_state
 
@@ -466,6 +475,12 @@ def _shuffle_dependency(rdd):
 
 def _is_message(record) -> bool:
     return record[0] != "state"
+
+
+def state_records(rdd):
+    """The block states of a :meth:`BlockStore.step` result, brought to the driver one block
+    per job (``toLocalIterator``): no single result is larger than a block."""
+    return (r for kind, r in rdd.toLocalIterator() if kind == "state")
 
 
 class BlockStore:
@@ -583,14 +598,26 @@ class BlockStore:
             )
         return self._routes
 
-    def step(self, side: str, incoming, fields: tuple[str, ...], make_state, summarize):
+    def step(
+        self,
+        side: str,
+        incoming,
+        fields: tuple[str, ...],
+        make_state,
+        summarize,
+        carry: tuple[str, ...] = (),
+    ):
         """One exchange step over the blocks of ``side`` (module docstring): returns
         ``(states, outgoing, summaries)``.
 
-        ``make_state(token, messages)`` builds a block's new state (a dict holding ``rows`` and
-        one row per entity in each of ``fields``) from the messages ``incoming`` brings it (an
-        RDD returned as ``outgoing`` by a step over the other side, or None); ``states`` (the
-        cached ``("state", dict)`` records) keeps it on the executor. In the same task the state
+        ``make_state(token, messages, previous)`` builds a block's new state (a dict holding
+        ``rows`` and one row per entity in each of ``fields``) from the messages ``incoming``
+        brings it (an RDD returned as ``outgoing`` by a step over the other side, or None) and
+        from ``previous``: the entries named in ``carry`` of the block's state at this side's
+        last step (None at the first), which travel in the shuffles — through the other side's
+        step, which passes them on — rather than as a growing chain of cached RDDs (a chain of
+        hundreds of steps would overflow the task serialiser). ``states`` (the cached
+        ``("state", dict)`` records) keeps the state on the executor. In the same task the state
         sends every block of the other side exactly the rows of ``fields`` that block rates:
         ``outgoing``, the next step's ``incoming``, whose shuffle files are written by this
         step (one Spark stage per step). ``summarize(state)`` gives the small dict the driver
@@ -603,7 +630,7 @@ class BlockStore:
             self.co_partitioned(*parents)
             # not preservesPartitioning: the messages are keyed by their target block, so the
             # partitionBy below must really shuffle them
-            .mapPartitions(_step_fn(side, fields, make_state, summarize, stats))
+            .mapPartitions(_step_fn(side, fields, make_state, summarize, stats, carry))
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         outgoing = states.filter(_is_message).partitionBy(self.num_partitions, _block_partition)

@@ -26,7 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from mfspark.blocks.random import seeded_normal
 from mfspark.blocks.rows import ITEM, USER, RatingRows
-from mfspark.blocks.spark import BlockStore, exchanged_block_fn
+from mfspark.blocks.spark import BlockStore, exchanged_block_fn, state_records
 from mfspark.errors import MfsparkError
 from mfspark.models.als.kernels import half_step
 from mfspark.models.als.train import ALSParams, ALSState, SideOutcome
@@ -71,7 +71,7 @@ def _exchange_solve_fn(global_mean: float, params: ALSParams):
     """Block function of a partitioned pass: the block's rows of the fixed side were shipped;
     the result stays on the executor as the block's state (rows, counts and all)."""
 
-    def solve(side: str, train: RatingRows, test: RatingRows, local: dict) -> dict:
+    def solve(side: str, train: RatingRows, test: RatingRows, local: dict, previous) -> dict:
         out, res = _solve_block(global_mean, params, side, train, test, local["factors"], local["bias"])
         out.update(rows=np.asarray(res.rows), counts=res.counts)
         return out
@@ -82,7 +82,7 @@ def _exchange_solve_fn(global_mean: float, params: ALSParams):
 def _initial_items_fn(params: ALSParams):
     """``make_state`` of the first step: an item block's seeded factors (as ``ALSState.initial``)."""
 
-    def initial(token: dict, messages) -> dict:
+    def initial(token: dict, messages, previous) -> dict:
         rows = np.asarray(token["rows"], dtype=np.int64)
         factors = seeded_normal(params.seed, rows, params.rank, params.init_std).astype(params.dtype)
         bias = np.zeros(len(rows), dtype=params.dtype)
@@ -110,10 +110,6 @@ STATS = ("sse", "penalty", "test_sse", "test_abs", "test_n", "seconds", "receive
 
 def _summary(state: dict) -> dict:
     return {k: state[k] for k in STATS if k in state}
-
-
-def _state_records(records):
-    return (r for kind, r in records if kind == "state")
 
 
 class DistributedState(ALSState):
@@ -149,7 +145,7 @@ class DistributedState(ALSState):
                 if side == USER
                 else (st.items_f, st.items_b, st.items_n)
             )
-            for r in _state_records(rdd.toLocalIterator()):
+            for r in state_records(rdd):
                 rows = np.asarray(r["rows"], dtype=np.int64)
                 f[rows] = np.asarray(r["factors"]).reshape(-1, k)
                 b[rows], n[rows] = r["bias"], r["counts"]
@@ -298,27 +294,37 @@ EXCHANGES = ("auto", "broadcast", "partitioned")
 
 
 def choose_exchange(
-    n_users: int, n_items: int, rank: int, exchange: str, limit_mb: float, max_result_size: str
+    n_users: int,
+    n_items: int,
+    rank: int,
+    exchange: str,
+    limit_mb: float,
+    max_result_size: str,
+    model: str = "als",
+    returned_bytes: int | None = None,
 ) -> str:
-    """``broadcast`` or ``partitioned`` for ``als.exchange`` (``auto``: broadcast while a
+    """``broadcast`` or ``partitioned`` for ``<model>.exchange`` (``auto``: broadcast while a
     side fits ``als.max_broadcast_mb`` and the driver's result-size limit). A forced
-    ``broadcast`` that does not fit is refused here, before training."""
+    ``broadcast`` that does not fit is refused here, before training. ``returned_bytes``: what a
+    broadcast pass returns per entity (default: its factors and bias as float32)."""
+    label = "ALS factor" if model == "als" else f"{model.upper()} sample"
     if exchange not in EXCHANGES:
-        raise MfsparkError(f"als.exchange must be one of {', '.join(EXCHANGES)}, got {exchange!r}")
+        raise MfsparkError(f"{model}.exchange must be one of {', '.join(EXCHANGES)}, got {exchange!r}")
     if exchange == "partitioned":
-        log.info("ALS factor exchange: partitioned (als.exchange=partitioned)")
+        log.info("%s exchange: partitioned (%s.exchange=partitioned)", label, model)
         return exchange
     try:
         check_broadcast_size(n_users, n_items, rank, limit_mb)
-        check_result_size(n_users, n_items, rank, max_result_size)
+        check_result_size(n_users, n_items, rank, max_result_size, returned_bytes)
     except MfsparkError as exc:
         if exchange == "broadcast":
             raise
-        log.info("ALS factor exchange: partitioned, because broadcast would not fit: %s", exc)
+        log.info("%s exchange: partitioned, because broadcast would not fit: %s", label, exc)
         return "partitioned"
     log.info(
-        "ALS factor exchange: broadcast (the larger side is %.1f MB, within als.max_broadcast_mb=%g "
+        "%s exchange: broadcast (the larger side is %.1f MB, within als.max_broadcast_mb=%g "
         "and spark.driver.maxResultSize=%s)",
+        label,
         max(n_users, n_items) * (rank + 1) * 4 / 2**20,
         limit_mb,
         max_result_size,
@@ -339,20 +345,24 @@ def check_broadcast_size(n_users: int, n_items: int, rank: int, limit_mb: float)
             )
 
 
-def check_result_size(n_users: int, n_items: int, rank: int, max_result_size: str) -> None:
+def check_result_size(
+    n_users: int, n_items: int, rank: int, max_result_size: str, returned_bytes: int | None = None
+) -> None:
     """Fail before training when one half-step's results exceed ``spark.driver.maxResultSize``.
 
-    A half-step collects the solved side's factors and biases: n x (rank + 1) float32 values,
-    plus a little framing. ``0`` means unlimited.
+    A half-step collects the solved side's factors and biases: n x (rank + 1) float32 values
+    (or ``returned_bytes`` per entity), plus a little framing. ``0`` means unlimited.
     """
     limit = parse_size(max_result_size)
     if not limit:
         return
+    per_entity = returned_bytes or (rank + 1) * 4
     for side, n in ((USER, n_users), (ITEM, n_items)):
-        need = n * (rank + 1) * 4 * RESULT_OVERHEAD + RESULT_OVERHEAD_BYTES
+        need = n * per_entity * RESULT_OVERHEAD + RESULT_OVERHEAD_BYTES
         if need > limit:
             raise MfsparkError(
-                f"one {side} half-step returns {n:,} x ({rank} factors + bias) floats = about "
+                f"one {side} half-step returns {n:,} x {per_entity} bytes ({rank} factors + bias) "
+                "= about "
                 f"{need / 2**20:,.0f} MB to the driver, over spark.driver.maxResultSize="
                 f"{max_result_size} ({limit / 2**20:,.0f} MB). Raise it (e.g. --set "
                 f"spark.conf.spark.driver.maxResultSize={max(1, int(need * 2 / 2**30) + 1)}g, with "

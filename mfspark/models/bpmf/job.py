@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from mfspark import columns as C
 from mfspark.config import Config
 from mfspark.io import update_manifest
-from mfspark.models.als.spark import check_broadcast_size
+from mfspark.models.als.spark import choose_exchange
 from mfspark.models.bpmf.posterior import BayesianPosterior
 from mfspark.models.bpmf.sampler import BPMFParams, BPMFResult, run_gibbs
 from mfspark.models.bpmf.spark import SparkBlockSampler
@@ -55,12 +55,23 @@ def fit_bpmf(
     num_item_blocks: int = 0,
     max_broadcast_mb: float = 2048.0,
     name: str = MODEL_NAME,
+    exchange: str = "auto",
 ) -> tuple[BayesianPosterior, BPMFResult, float]:
-    """Sample on indexed ratings; returns (posterior, result, setup seconds)."""
+    """Sample on indexed ratings; returns (posterior, result, setup seconds). ``exchange``:
+    as ``bpmf.exchange`` (``auto`` decides by the sides' sizes, :func:`choose_exchange`)."""
     n_users, n_items = users.count(), items.count()
-    check_broadcast_size(n_users, n_items, params.rank, max_broadcast_mb)
+    exchange = choose_exchange(
+        n_users,
+        n_items,
+        params.rank,
+        exchange,
+        max_broadcast_mb,
+        spark.conf.get("spark.driver.maxResultSize", "1g"),
+        model=MODEL_NAME,
+        returned_bytes=4 * (params.rank + 1) + 12,  # + row index and rating count
+    )
     sampler = SparkBlockSampler(
-        spark, train, test, n_users, n_items, params, num_user_blocks, num_item_blocks
+        spark, train, test, n_users, n_items, params, num_user_blocks, num_item_blocks, exchange
     )
     try:
         result = run_gibbs(sampler, params, name)
@@ -120,6 +131,7 @@ def run_train_bpmf(cfg: Config, spark: SparkSession) -> dict:
         b.num_user_blocks,
         b.num_item_blocks,
         cfg.als.max_broadcast_mb,
+        exchange=b.exchange,
     )
     fit_seconds = time.time() - started
     test = prepared.test.select(
@@ -196,6 +208,7 @@ def fit_predict(spark, train, pairs, users, items, cfg) -> DataFrame:
         b.num_item_blocks,
         cfg.als.max_broadcast_mb,
         name=f"{MODEL_NAME} (blend member)",
+        exchange=b.exchange,
     )
     keys = pairs.select(C.USER_IDX, C.ITEM_IDX)
     return predictions_frame(spark, result, keys).select(C.USER_IDX, C.ITEM_IDX, C.PREDICTION)

@@ -39,6 +39,7 @@ import numpy as np
 from mfspark.blocks.random import keyed_normal
 from mfspark.blocks.rows import CHUNK_ROWS, ITEM, USER, RatingRows, normal_equations
 from mfspark.errors import MfsparkError
+from mfspark.exactsum import ExactSum
 
 SIDE_CODE = {USER: 0, ITEM: 1}
 
@@ -74,18 +75,49 @@ def row_stream(sweep: int, side: str) -> int:
     return 2 * sweep + SIDE_CODE[side]
 
 
-def side_statistics(factors: np.ndarray, bias: np.ndarray, counts: np.ndarray):
-    """(N, Σx, Σxxᵀ) over the side's entities with ratings, x = [factors, bias] (float64).
+@dataclass
+class SideStats:
+    """A side's sufficient statistics N, Σx, Σxxᵀ (x = [factors, bias] of the entities with
+    ratings), kept as exact sums (:class:`mfspark.exactsum.ExactSum`): blocks' statistics add
+    up to the same numbers whatever the blocking, so the hyper-parameter draws — and the whole
+    chain — do not depend on it."""
 
-    Summed on the driver in entity order, so the result is the same for any blocking.
-    """
-    x = np.hstack([factors, bias[:, None]]).astype(np.float64)[np.asarray(counts) > 0]
-    return len(x), x.sum(axis=0), x.T @ x
+    n: int
+    total: ExactSum  # Σx, (dim,)
+    upper: ExactSum  # upper triangle of Σxxᵀ, (dim(dim+1)/2,)
+    dim: int
+
+    def __add__(self, other: SideStats) -> SideStats:
+        return SideStats(self.n + other.n, self.total + other.total, self.upper + other.upper, self.dim)
+
+    def values(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(N, Σx, Σxxᵀ) as float64 arrays, each sum rounded once."""
+        iu, ju = np.triu_indices(self.dim)
+        outer = np.empty((self.dim, self.dim))
+        outer[iu, ju] = outer[ju, iu] = self.upper.value()
+        return self.n, np.asarray(self.total.value()), outer
+
+
+def side_statistics(factors: np.ndarray, bias: np.ndarray, counts: np.ndarray) -> SideStats:
+    """The :class:`SideStats` of some entities of a side (those with ``counts`` > 0)."""
+    rated = np.asarray(counts) > 0
+    dim = factors.shape[1] + 1
+    iu, ju = np.triu_indices(dim)
+    stats = SideStats(0, ExactSum((dim,)), ExactSum((len(iu),)), dim)
+    for start in range(0, len(rated), CHUNK_ROWS):
+        keep = rated[start : start + CHUNK_ROWS]
+        x = np.hstack(
+            [factors[start : start + CHUNK_ROWS][keep], bias[start : start + CHUNK_ROWS][keep, None]]
+        ).astype(np.float64)
+        if len(x):
+            stats = stats + SideStats(len(x), ExactSum.of(x), ExactSum.of(x[:, iu] * x[:, ju]), dim)
+    return stats
 
 
 def posterior_parameters(stats, prior: HyperPrior, dim: int):
-    """(μ*, β*, W*, ν*) of the Normal-Wishart posterior (module docstring, step 1)."""
-    n, total, outer = stats
+    """(μ*, β*, W*, ν*) of the Normal-Wishart posterior (module docstring, step 1), from a
+    :class:`SideStats` or its (N, Σx, Σxxᵀ) values."""
+    n, total, outer = stats.values() if isinstance(stats, SideStats) else stats
     beta = prior.beta0 + n
     nu = prior.degrees(dim) + n
     if n:

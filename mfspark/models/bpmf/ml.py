@@ -2,7 +2,7 @@
 
 The conventions of :class:`mfspark.ml.BiasedALS` (keyword-only constructor, ``rank``,
 ``userCol``, ``itemCol``, ``ratingCol``, ``predictionCol``, ``seed``, ``numUserBlocks``,
-``numItemBlocks``, ``clipPredictions``; ids may be integers or strings) plus the sampler's
+``numItemBlocks``, ``clipPredictions``, ``exchange``; ids may be integers or strings) plus the sampler's
 ``burnIn``, ``samples`` (sweeps in total), ``thin``, ``savedSamples``, ``noisePrecision``,
 ``sampleNoise`` and ``predictionSdCol``. The model's ``transform`` adds ``prediction`` (the
 mean of r̂ over the saved samples) and ``prediction_sd`` (the predictive sd); an unknown user
@@ -64,6 +64,12 @@ class _BayesianMFParams(HasPredictionCol, HasSeed):
     clipPredictions = _param(
         "clipPredictions", "clip predictions to the training ratings' range", TypeConverters.toBoolean
     )
+    exchange = _param(
+        "exchange",
+        "how a pass gets the fixed side: 'broadcast', 'partitioned' (the chain stays on the "
+        "executors) or 'auto' (broadcast while a side fits)",
+        TypeConverters.toString,
+    )
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -84,6 +90,7 @@ class _BayesianMFParams(HasPredictionCol, HasSeed):
             numUserBlocks=0,
             numItemBlocks=0,
             clipPredictions=True,
+            exchange="auto",
         )
 
     def get(self, name: str):
@@ -113,6 +120,7 @@ class BayesianMF(Estimator, _BayesianMFParams, MLReadable, MLWritable):
         numUserBlocks: int = 0,
         numItemBlocks: int = 0,
         clipPredictions: bool = True,
+        exchange: str = "auto",
     ):
         super().__init__()
         self._set(**self._input_kwargs)
@@ -168,6 +176,7 @@ class BayesianMF(Estimator, _BayesianMFParams, MLReadable, MLWritable):
             g("numUserBlocks"),
             g("numItemBlocks"),
             name=f"BayesianMF[{self.uid}]",
+            exchange=g("exchange"),
         )
         model = BayesianMFModel(posterior)
         self._copyValues(model)

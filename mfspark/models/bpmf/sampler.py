@@ -30,10 +30,12 @@ import numpy as np
 
 from mfspark.blocks.random import seeded_normal
 from mfspark.blocks.rows import ITEM, USER, RatingRows, tile_width
+from mfspark.exactsum import ExactSum
 from mfspark.models.bpmf.kernels import (
     Hyper,
     HyperPrior,
     SideDraw,
+    SideStats,
     draw_hyper,
     draw_noise,
     draw_rows,
@@ -101,15 +103,51 @@ class BPMFParams:
 
 @dataclass
 class SideOutcome:
-    """A side's new sample (entities the sampler touched, in any order) and, on the item
-    side, r̂ of every test rating in the sampler's test order."""
+    """A side's new sample (entities the sampler touched, in any order), the statistics of
+    the new sample, the exact squared error of the side's train ratings with it and, on the
+    item side, r̂ of every test rating in the sampler's test order."""
 
     rows: np.ndarray
     factors: np.ndarray
     bias: np.ndarray
     counts: np.ndarray
-    row_sse: np.ndarray
+    stats: SideStats
+    sse: ExactSum
     test_pred: np.ndarray | None = None
+
+
+@dataclass
+class PassResult:
+    """What the Gibbs loop needs of one side's pass: the statistics of the new sample (the
+    side's next hyper-parameters), Σ (r − r̂)² over the train ratings and, on the item side,
+    Σ (current estimate − r)² over the n test ratings (``test_n`` 0: none)."""
+
+    stats: SideStats
+    sse: float
+    test_sse: float = 0.0
+    test_n: int = 0
+
+
+class Chain(Protocol):
+    """Where a chain's state lives: the driver (:class:`DriverChain`, arrays) or the
+    executors (:class:`mfspark.models.bpmf.spark.DistributedChain`, block states)."""
+
+    def start(self) -> dict[str, SideStats]:
+        """Set the initial sample; the statistics of both sides."""
+
+    def draw(
+        self, side: str, hyper: Hyper, alpha: float, sweep: int, kept: bool, n_kept: int
+    ) -> PassResult:
+        """Draw every entity of ``side``; when ``kept``, add the new sample (and, item side, its
+        test predictions) to the running sums, which then hold ``n_kept`` samples."""
+
+    def sample(self, sweep: int, alpha: float) -> Sample:
+        """The whole current sample."""
+
+    def finish(self, n_kept: int, noise_variance: float) -> BPMFResult:
+        """The posterior mean and test predictions from the running sums (history empty)."""
+
+    def close(self) -> None: ...
 
 
 class SideSampler(Protocol):
@@ -127,6 +165,9 @@ class SideSampler(Protocol):
 
     def test_ratings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(user_idx, item_idx, rating) of the test ratings in the order of ``test_pred``."""
+
+    def chain(self, params: BPMFParams) -> Chain:
+        """The chain this sampler runs (usually ``DriverChain(self, params)``)."""
 
 
 @dataclass
@@ -176,121 +217,173 @@ def predictive(
     return mean, np.sqrt(var + noise_variance)
 
 
-def run_gibbs(sampler: SideSampler, params: BPMFParams, name: str = "bpmf") -> BPMFResult:
-    """Run ``params.samples`` Gibbs sweeps (module docstring)."""
-    k, dim = params.rank, params.rank + 1
-    seed = params.seed
-    counts = {USER: np.asarray(sampler.counts[USER]), ITEM: np.asarray(sampler.counts[ITEM])}
-    users_f = seeded_normal(seed ^ USER_INIT_SALT, np.arange(sampler.n_users), k, params.init_std)
-    items_f = seeded_normal(seed, np.arange(sampler.n_items), k, params.init_std)
-    users_b = np.zeros(sampler.n_users, dtype=np.float32)
-    items_b = np.zeros(sampler.n_items, dtype=np.float32)
-    # entities without ratings are 0 from the start (a sampler may never visit them)
-    users_f[counts[USER] == 0] = 0.0
-    items_f[counts[ITEM] == 0] = 0.0
-    alpha = float(params.noise_precision)
-    kept_sweeps, saved_sweeps = set(params.kept_sweeps()), set(params.saved_sweeps())
-    sums = [np.zeros((sampler.n_users, k)), np.zeros(sampler.n_users)]
-    sums += [np.zeros((sampler.n_items, k)), np.zeros(sampler.n_items)]
-    inv_alpha_sum, n_kept = 0.0, 0
-    test_sum = test_sq = truth = None
-    history: list[SweepRecord] = []
-    saved: list[Sample] = []
-    for sweep in range(1, params.samples + 1):
-        started = time.perf_counter()
-        for side in (USER, ITEM):
-            mine_f, mine_b = (users_f, users_b) if side == USER else (items_f, items_b)
-            other_f, other_b = (items_f, items_b) if side == USER else (users_f, users_b)
-            hyper = draw_hyper(
-                side_statistics(mine_f, mine_b, counts[side]),
-                params.prior,
-                dim,
-                noise_stream(seed, sweep, side),
-            )
-            out = sampler.draw(side, other_f, other_b, hyper, alpha, sweep)
-            mine_f[out.rows], mine_b[out.rows] = out.factors, out.bias
-        # the item pass's squared errors use the new users and the new items
-        row_sse = np.zeros(sampler.n_items)
-        row_sse[out.rows] = out.row_sse
-        sse = float(row_sse.sum())  # summed in entity order: the same for any blocking
-        if params.sample_noise:
-            alpha = draw_noise(
-                sse,
-                sampler.n_train,
-                params.noise_shape,
-                params.noise_rate,
-                noise_stream(seed, sweep, "noise"),
-            )
-        pred = out.test_pred
-        if pred is not None and truth is None:
-            truth = sampler.test_ratings()
-            test_sum, test_sq = np.zeros(len(pred)), np.zeros(len(pred))
-        if sweep in kept_sweeps:
-            n_kept += 1
-            inv_alpha_sum += 1.0 / alpha
-            for acc, value in zip(sums, (users_f, users_b, items_f, items_b), strict=True):
-                acc += value
-            if pred is not None:
-                test_sum += pred
-                test_sq += pred * pred
-            if sweep in saved_sweeps:
-                saved.append(
-                    Sample(sweep, users_f.copy(), users_b.copy(), items_f.copy(), items_b.copy(), alpha)
-                )
-        test_rmse = None
-        if truth is not None and len(truth[2]):
-            if n_kept:
-                current = predictive(test_sum, test_sq, n_kept, 0.0, params.clip)[0]
-            else:
-                current = pred if params.clip is None else np.clip(pred, *params.clip)
-            test_rmse = float(np.sqrt(np.mean((current - truth[2]) ** 2)))
-        n = max(sampler.n_train, 1)
-        record = SweepRecord(
-            iteration=sweep,
-            train_rmse=math.sqrt(sse / n),
-            test_rmse=test_rmse,
-            objective=0.5 * n * math.log(alpha / (2 * math.pi)) - 0.5 * alpha * sse,
-            seconds=time.perf_counter() - started,
-            alpha=alpha,
-        )
-        history.append(record)
-        log.info(
-            "%s sweep %d%s: train RMSE %.5f, test RMSE %s, alpha %.4f, %.2f s",
-            name,
-            sweep,
-            " (burn-in)" if sweep <= params.burn_in else "",
-            record.train_rmse,
-            f"{test_rmse:.5f}" if test_rmse is not None else "n/a",
-            alpha,
-            record.seconds,
-        )
-    scale = 1.0 / max(n_kept, 1)
-    f32 = lambda a: (a * scale).astype(np.float32)  # noqa: E731
-    mean_model = BiasedMF(
-        sampler.global_mean,
-        f32(sums[0]),
-        f32(sums[1]),
-        f32(sums[2]),
-        f32(sums[3]),
-        counts[USER],
-        counts[ITEM],
+def initial_sample(seed: int, rows: np.ndarray, counts: np.ndarray, side: str, params: BPMFParams):
+    """The start of a side's chain for ``rows``: N(0, init_std²) factors keyed by entity id
+    (users salted), zero biases, and zeros for entities without ratings."""
+    factors = seeded_normal(
+        seed ^ USER_INIT_SALT if side == USER else seed, rows, params.rank, params.init_std
     )
-    noise_var = inv_alpha_sum * scale
-    result = BPMFResult(mean_model, history, saved, n_kept, noise_var)
-    if truth is not None:
-        result.test_users, result.test_items, result.test_ratings = truth
-        result.test_mean, result.test_sd = predictive(test_sum, test_sq, n_kept, noise_var, params.clip)
+    factors[np.asarray(counts) == 0] = 0.0
+    return factors, np.zeros(len(rows), dtype=np.float32)
+
+
+def test_estimate(
+    pred: np.ndarray, test_sum: np.ndarray, test_sq: np.ndarray, kept: bool, n_kept: int, clip
+) -> np.ndarray:
+    """Add this sweep's test predictions to the running sums when ``kept`` (in place) and
+    return the current estimate: the average of the kept samples, or — during burn-in — this
+    sample's prediction (clipped when asked)."""
+    if kept:
+        test_sum += pred
+        test_sq += pred * pred
+    if n_kept:
+        return predictive(test_sum, test_sq, n_kept, 0.0, clip)[0]
+    return pred if clip is None else np.clip(pred, *clip)
+
+
+class DriverChain:
+    """The chain's state as arrays on the driver; each side's pass is one ``sampler.draw``."""
+
+    def __init__(self, sampler: SideSampler, params: BPMFParams):
+        self.sampler, self.params = sampler, params
+        self.counts = {USER: np.asarray(sampler.counts[USER]), ITEM: np.asarray(sampler.counts[ITEM])}
+        n = {USER: sampler.n_users, ITEM: sampler.n_items}
+        self.f, self.b = {}, {}
+        for side in (USER, ITEM):
+            self.f[side], self.b[side] = initial_sample(
+                params.seed, np.arange(n[side]), self.counts[side], side, params
+            )
+        self.sums = {side: (np.zeros((n[side], params.rank)), np.zeros(n[side])) for side in n}
+        self.truth = self.test_sum = self.test_sq = None
+
+    def start(self) -> dict[str, SideStats]:
+        return {s: side_statistics(self.f[s], self.b[s], self.counts[s]) for s in (USER, ITEM)}
+
+    def draw(self, side, hyper, alpha, sweep, kept, n_kept) -> PassResult:
+        other = ITEM if side == USER else USER
+        out = self.sampler.draw(side, self.f[other], self.b[other], hyper, alpha, sweep)
+        self.f[side][out.rows], self.b[side][out.rows] = out.factors, out.bias
+        if kept:
+            self.sums[side][0][...] += self.f[side]
+            self.sums[side][1][...] += self.b[side]
+        result = PassResult(out.stats, out.sse.value())
+        pred = out.test_pred
+        if pred is not None:
+            if self.truth is None:
+                self.truth = self.sampler.test_ratings()
+                self.test_sum, self.test_sq = np.zeros(len(pred)), np.zeros(len(pred))
+            current = test_estimate(pred, self.test_sum, self.test_sq, kept, n_kept, self.params.clip)
+            result.test_sse = ExactSum.of((current - self.truth[2]) ** 2).value()
+            result.test_n = len(pred)
+        return result
+
+    def sample(self, sweep: int, alpha: float) -> Sample:
+        f, b = self.f, self.b
+        return Sample(sweep, f[USER].copy(), b[USER].copy(), f[ITEM].copy(), b[ITEM].copy(), alpha)
+
+    def finish(self, n_kept: int, noise_variance: float) -> BPMFResult:
+        scale = 1.0 / max(n_kept, 1)
+        (uf, ub), (vf, vb) = self.sums[USER], self.sums[ITEM]
+        mean = posterior_mean(self.sampler.global_mean, scale, uf, ub, vf, vb, self.counts)
+        result = BPMFResult(mean, [], [], n_kept, noise_variance)
+        if self.truth is not None:
+            result.test_users, result.test_items, result.test_ratings = self.truth
+            result.test_mean, result.test_sd = predictive(
+                self.test_sum, self.test_sq, n_kept, noise_variance, self.params.clip
+            )
+        return result
+
+    def close(self) -> None:
+        pass
+
+
+def posterior_mean(global_mean, scale, uf, ub, vf, vb, counts) -> BiasedMF:
+    """The posterior mean model from the running sums (``scale`` = 1 / samples kept)."""
+    f32 = lambda a: (a * scale).astype(np.float32)  # noqa: E731
+    return BiasedMF(global_mean, f32(uf), f32(ub), f32(vf), f32(vb), counts[USER], counts[ITEM])
+
+
+def run_gibbs(sampler: SideSampler, params: BPMFParams, name: str = "bpmf") -> BPMFResult:
+    """Run ``params.samples`` Gibbs sweeps (module docstring) on ``sampler.chain(params)``."""
+    dim, seed = params.rank + 1, params.seed
+    chain = sampler.chain(params)
+    try:
+        stats = chain.start()
+        alpha = float(params.noise_precision)
+        kept_sweeps, saved_sweeps = set(params.kept_sweeps()), set(params.saved_sweeps())
+        inv_alpha_sum, n_kept = 0.0, 0
+        history: list[SweepRecord] = []
+        saved: list[Sample] = []
+        for sweep in range(1, params.samples + 1):
+            started = time.perf_counter()
+            kept = sweep in kept_sweeps
+            n_kept += kept
+            for side in (USER, ITEM):
+                hyper = draw_hyper(stats[side], params.prior, dim, noise_stream(seed, sweep, side))
+                out = chain.draw(side, hyper, alpha, sweep, kept, n_kept)
+                stats[side] = out.stats
+            sse = out.sse  # the item pass's errors use the new users and the new items
+            if params.sample_noise:
+                alpha = draw_noise(
+                    sse,
+                    sampler.n_train,
+                    params.noise_shape,
+                    params.noise_rate,
+                    noise_stream(seed, sweep, "noise"),
+                )
+            if kept:
+                inv_alpha_sum += 1.0 / alpha
+                if sweep in saved_sweeps:
+                    saved.append(chain.sample(sweep, alpha))
+            test_rmse = math.sqrt(out.test_sse / out.test_n) if out.test_n else None
+            n = max(sampler.n_train, 1)
+            record = SweepRecord(
+                iteration=sweep,
+                train_rmse=math.sqrt(sse / n),
+                test_rmse=test_rmse,
+                objective=0.5 * n * math.log(alpha / (2 * math.pi)) - 0.5 * alpha * sse,
+                seconds=time.perf_counter() - started,
+                alpha=alpha,
+            )
+            history.append(record)
+            log.info(
+                "%s sweep %d%s: train RMSE %.5f, test RMSE %s, alpha %.4f, %.2f s",
+                name,
+                sweep,
+                " (burn-in)" if sweep <= params.burn_in else "",
+                record.train_rmse,
+                f"{test_rmse:.5f}" if test_rmse is not None else "n/a",
+                alpha,
+                record.seconds,
+            )
+        result = chain.finish(n_kept, inv_alpha_sum / max(n_kept, 1))
+    finally:
+        chain.close()
+    result.history, result.samples = history, saved
     return result
 
 
 def block_predictions(
     global_mean: float, draw: SideDraw, users_f: np.ndarray, users_b: np.ndarray, test: RatingRows
 ) -> np.ndarray:
-    """r̂ (unclipped) of an item block's test ratings with its new items and the users."""
+    """r̂ (unclipped) of an item block's test ratings with its new items and the users, given
+    as the block's local arrays (:meth:`RatingRows.local`)."""
     if test.nnz == 0:
         return np.zeros(0)
     return predict(
-        global_mean, draw.factors, draw.bias, users_f, users_b, test.row_positions(), test.global_cols()
+        global_mean, draw.factors, draw.bias, users_f, users_b, test.row_positions(), test.local_cols()
+    )
+
+
+def block_outcome(draw: SideDraw) -> SideOutcome:
+    """A block's SideOutcome: its new sample, the statistics of it and its exact error sum."""
+    return SideOutcome(
+        draw.rows,
+        draw.factors,
+        draw.bias,
+        draw.counts,
+        side_statistics(draw.factors, draw.bias, draw.counts),
+        ExactSum.of(draw.row_sse),
     )
 
 
@@ -336,7 +429,7 @@ class LocalSampler:
             side,
             p.dtype,
         )
-        out = SideOutcome(res.rows, res.factors, res.bias, res.counts, res.row_sse)
+        out = block_outcome(res)
         if side == ITEM:
             out.test_pred = block_predictions(
                 self.global_mean, res, fixed_factors, fixed_bias, self.test_by_item
@@ -345,3 +438,6 @@ class LocalSampler:
 
     def test_ratings(self):
         return block_test_ratings(self.test_by_item)
+
+    def chain(self, params: BPMFParams) -> DriverChain:
+        return DriverChain(self, params)
