@@ -42,6 +42,7 @@ identical for any number of blocks or partitions, broadcast or exchanged.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -62,6 +63,10 @@ from mfspark.blocks.rows import ITEM, USER, RatingRows
 from mfspark.errors import MfsparkError
 
 log = logging.getLogger(__name__)
+
+#: Steps (half-steps, Gibbs passes) between two checkpoints of the exchanged messages: keeps
+#: a long fit's lineage, and the shuffle files it pins, to a few steps.
+LINEAGE_STEPS = 10
 
 # Arrow binary values use 32-bit offsets: one piece of a block must stay below 2 GiB.
 MAX_PIECE_BYTES = 2**31 - 1
@@ -534,6 +539,8 @@ class BlockStore:
         self.locations: set[tuple[str, str]] = set()
         self.per_entity = per_entity
         self._routes = None
+        self._steps = 0
+        self._checkpointed: list = []  # reliable checkpoints whose files close() deletes
         try:
             tokens = self.tokens if per_entity else self.tokens.map(_token_summary)
             self._set_up(tokens.collect(), n_users, n_items, started)
@@ -638,7 +645,42 @@ class BlockStore:
         # and writes the messages; the next step's tasks read them.
         sc._jsc.sc().submitMapStage(_shuffle_dependency(outgoing)).get()
         summaries = stats.value
+        self._steps += 1
+        if self._steps % LINEAGE_STEPS == 0:
+            self._cut_lineage(outgoing)
         return states, outgoing, [summaries[b] for b in sorted(summaries)]
+
+    def _cut_lineage(self, outgoing) -> None:
+        """Checkpoint ``outgoing`` (the messages the next step reads), so the steps before it —
+        their RDDs and shuffle files — can be released instead of piling up for the whole fit:
+        to ``spark.checkpoint.dir`` when one is set (reliable: survives a lost executor; the
+        previous checkpoint's files are then deleted), else locally on the executors (Spark's
+        ``localCheckpoint``: a lost executor after it fails the fit)."""
+        sc = self.spark.sparkContext
+        jsc = sc._jsc.sc()
+        if jsc.getCheckpointDir().isDefined():
+            outgoing.checkpoint()
+            self._drop_checkpoint_files(keep=1)
+            self._checkpointed.append(outgoing)
+        else:
+            outgoing.localCheckpoint()
+        # A checkpoint is written by the job that computes the RDD (submitMapStage does not):
+        # one JVM-only job over the shuffle output, no Python worker.
+        outgoing._jrdd.count()
+        # Spark's ContextCleaner removes the shuffles and RDDs no longer referenced once the JVM
+        # collects them; the JVM sees them released when Python's handles are collected.
+        gc.collect()
+        sc._jvm.System.gc()
+
+    def _drop_checkpoint_files(self, keep: int = 0) -> None:
+        """Delete the files of all reliable checkpoints but the last ``keep``."""
+        drop = self._checkpointed[: max(0, len(self._checkpointed) - keep)]
+        self._checkpointed = self._checkpointed[len(drop) :]
+        for rdd in drop:
+            name = rdd._jrdd.rdd().getCheckpointFile()
+            if name.isDefined():
+                path = self.spark.sparkContext._jvm.org.apache.hadoop.fs.Path(name.get())
+                path.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration()).delete(path, True)
 
     def run(self, side: str, payload, block_fn) -> list[dict]:
         """``block_fn(side, train, test, payload)`` on every block of ``side``; its dicts.
@@ -714,3 +756,4 @@ class BlockStore:
             self.tokens.unpersist()
             if self._routes is not None:
                 self._routes.unpersist()
+            self._drop_checkpoint_files()
