@@ -9,6 +9,10 @@ cost model in the README predicts)::
     python3 benchmarks/exchange.py --ml100k ../shared/data/ml-100k \\
         --prepared benchmark-output/2m --blocks 1x1 7x5 --json exchange.json
 
+``--bpmf SWEEPS`` instead samples Bayesian MF (the ``[bpmf]`` defaults, ``SWEEPS`` sweeps, half
+of them burn-in, default blocks) both ways and prints the median seconds per sweep of each and
+whether the two chains are identical (posterior mean and every sweep's train RMSE).
+
 ``--ml100k DIR`` fits fold u1 (``u1.base``, scored on ``u1.test``); ``--prepared OUT`` fits the
 prepared split of a pipeline or benchmark output (e.g. the 2M synthetic set that
 ``jobs/benchmark.py --set synthetic.n_ratings=2000000 ...`` prepares). Runs on ``local[2]``.
@@ -137,12 +141,53 @@ def compare(spark, name, data, blocks, iterations) -> list[dict]:
     return rows
 
 
+def compare_bpmf(spark, name, data, sweeps) -> list[dict]:
+    from mfspark.config import load_config
+    from mfspark.models.bpmf.sampler import BPMFParams, run_gibbs
+    from mfspark.models.bpmf.spark import SparkBlockSampler
+
+    train, test, n_users, n_items = data
+    params = BPMFParams.from_config(
+        load_config(None, []).bpmf, samples=sweeps, burn_in=sweeps // 2, saved_samples=2, clip=(1.0, 5.0)
+    )
+    fits = {}
+    for exchange in ("broadcast", "partitioned"):
+        sampler = SparkBlockSampler(spark, train, test, n_users, n_items, params, 0, 0, exchange)
+        try:
+            fits[exchange] = run_gibbs(sampler, params, f"{name} bpmf {exchange}")
+        finally:
+            sampler.close()
+    b, p = fits["broadcast"], fits["partitioned"]
+    identical = all(
+        np.array_equal(getattr(b.posterior_mean, a), getattr(p.posterior_mean, a))
+        for a in ("user_factors", "user_bias", "item_factors", "item_bias")
+    ) and [h.train_rmse for h in b.history] == [h.train_rmse for h in p.history]
+    row = {
+        "data": name,
+        "model": "bpmf",
+        "sweeps": sweeps,
+        "identical": identical,
+        "broadcast_s_per_sweep": statistics.median(h.seconds for h in b.history),
+        "partitioned_s_per_sweep": statistics.median(h.seconds for h in p.history),
+        "test_rmse": b.history[-1].test_rmse,
+    }
+    print(
+        f"{name:>10} bpmf {sweeps} sweeps: identical {identical}, s/sweep broadcast "
+        f"{row['broadcast_s_per_sweep']:.2f} partitioned {row['partitioned_s_per_sweep']:.2f} "
+        f"({row['partitioned_s_per_sweep'] / row['broadcast_s_per_sweep']:.2f}x), test RMSE "
+        f"{row['test_rmse']:.5f}",
+        flush=True,
+    )
+    return [row]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ml100k", help="MovieLens 100K directory (fits fold u1)")
     parser.add_argument("--prepared", nargs="*", default=[], help="output paths with prepared/")
     parser.add_argument("--blocks", nargs="*", default=["1x1", "7x5"], help="user x item blocks")
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--bpmf", type=int, metavar="SWEEPS", help="compare Bayesian MF instead")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
     if not args.ml100k and not args.prepared:
@@ -156,11 +201,16 @@ def main() -> None:
     spark = build_session(cfg, "exchange")
     spark.sparkContext.setLogLevel("ERROR")
     figures = []
+
+    def run(name, data):
+        if args.bpmf:
+            return compare_bpmf(spark, name, data, args.bpmf)
+        return compare(spark, name, data, blocks, args.iterations)
+
     if args.ml100k:
-        figures += compare(spark, "ml100k-u1", _u1(spark, args.ml100k), blocks, args.iterations)
+        figures += run("ml100k-u1", _u1(spark, args.ml100k))
     for out in args.prepared:
-        name = os.path.basename(os.path.normpath(out))
-        figures += compare(spark, name, _prepared(spark, out), blocks, args.iterations)
+        figures += run(os.path.basename(os.path.normpath(out)), _prepared(spark, out))
     write_json(args.json, figures)
     spark.stop()
 

@@ -51,17 +51,15 @@ class ExactSum:
         return out
 
     def _add_terms(self, x: np.ndarray) -> None:
-        rest = x.copy()
-        nonzero = np.abs(rest[rest != 0])
-        if not len(nonzero):
+        rest = np.array(x, dtype=np.float64, order="C").reshape(len(x), -1)
+        top = float(np.abs(rest).max())
+        if top == 0.0:
             return
-        b = _bin_of(float(nonzero.max()))
+        b = _bin_of(top)
+        piece = np.empty_like(rest)
         while True:  # down to the last nonzero bit of any term
-            unit = math.ldexp(1.0, BITS * b)
-            piece = np.trunc(rest / unit) * unit  # exact: powers of two, truncation
-            rest -= piece  # exact: piece holds the leading bits of rest
-            self._add_bin(b, piece.sum(axis=0))  # exact: every partial sum is representable
-            if not rest.any():
+            self._add_bin(b, _take_bin(rest, piece, b).sum(axis=0).reshape(self.shape))
+            if not np.count_nonzero(rest):
                 break
             b -= 1
         self._carry()
@@ -106,6 +104,16 @@ class ExactSum:
             stacked = np.stack([self.bins[b] for b in sorted(self.bins)]).reshape(len(self.bins), -1)
             total = np.array([math.fsum(col) for col in stacked.T]).reshape(self.shape)
         return float(total) if not self.shape else total
+
+
+def _take_bin(rest: np.ndarray, piece: np.ndarray, b: int) -> np.ndarray:
+    """Move the part of ``rest`` at or above 2^(24·b) into ``piece`` (in place, exactly:
+    scaling by powers of two and truncation) and return ``piece``."""
+    np.multiply(rest, math.ldexp(1.0, -BITS * b), out=piece)
+    np.trunc(piece, out=piece)
+    np.multiply(piece, math.ldexp(1.0, BITS * b), out=piece)
+    np.subtract(rest, piece, out=rest)
+    return piece
 
 
 def _bin_of(magnitude: float) -> int:

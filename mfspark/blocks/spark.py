@@ -540,7 +540,7 @@ class BlockStore:
         self.per_entity = per_entity
         self._routes = None
         self._steps = 0
-        self._checkpointed: list = []  # reliable checkpoints whose files close() deletes
+        self._checkpointed: list = []  # checkpointed messages, released by close()
         try:
             tokens = self.tokens if per_entity else self.tokens.map(_token_summary)
             self._set_up(tokens.collect(), n_users, n_items, started)
@@ -657,13 +657,12 @@ class BlockStore:
         previous checkpoint's files are then deleted), else locally on the executors (Spark's
         ``localCheckpoint``: a lost executor after it fails the fit)."""
         sc = self.spark.sparkContext
-        jsc = sc._jsc.sc()
-        if jsc.getCheckpointDir().isDefined():
+        if sc._jsc.sc().getCheckpointDir().isDefined():
             outgoing.checkpoint()
-            self._drop_checkpoint_files(keep=1)
-            self._checkpointed.append(outgoing)
         else:
             outgoing.localCheckpoint()
+        self._drop_checkpoints(keep=1)  # the steps since the last one may still need it
+        self._checkpointed.append(outgoing)
         # A checkpoint is written by the job that computes the RDD (submitMapStage does not):
         # one JVM-only job over the shuffle output, no Python worker.
         outgoing._jrdd.count()
@@ -672,15 +671,18 @@ class BlockStore:
         gc.collect()
         sc._jvm.System.gc()
 
-    def _drop_checkpoint_files(self, keep: int = 0) -> None:
-        """Delete the files of all reliable checkpoints but the last ``keep``."""
+    def _drop_checkpoints(self, keep: int = 0) -> None:
+        """Release all checkpoints but the last ``keep``: a local one's cached blocks, a
+        reliable one's files."""
         drop = self._checkpointed[: max(0, len(self._checkpointed) - keep)]
         self._checkpointed = self._checkpointed[len(drop) :]
+        sc = self.spark.sparkContext
         for rdd in drop:
+            rdd.unpersist()
             name = rdd._jrdd.rdd().getCheckpointFile()
             if name.isDefined():
-                path = self.spark.sparkContext._jvm.org.apache.hadoop.fs.Path(name.get())
-                path.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration()).delete(path, True)
+                path = sc._jvm.org.apache.hadoop.fs.Path(name.get())
+                path.getFileSystem(sc._jsc.hadoopConfiguration()).delete(path, True)
 
     def run(self, side: str, payload, block_fn) -> list[dict]:
         """``block_fn(side, train, test, payload)`` on every block of ``side``; its dicts.
@@ -756,4 +758,4 @@ class BlockStore:
             self.tokens.unpersist()
             if self._routes is not None:
                 self._routes.unpersist()
-            self._drop_checkpoint_files()
+            self._drop_checkpoints()

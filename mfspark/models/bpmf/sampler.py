@@ -1,16 +1,20 @@
 """The Gibbs loop of Bayesian MF, shared by the Spark sampler and the single-process one.
 
-The loop only needs a *side sampler*: given the fixed side's current sample, the drawn
-hyper-parameters and α, draw every entity of the other side (and, on the item side, return
-r̂ of every test rating with the new sample, in the sampler's fixed test order).
-:class:`LocalSampler` does it in one process; :class:`mfspark.models.bpmf.spark.SparkBlockSampler`
-on cached Spark blocks. Both call :func:`mfspark.models.bpmf.kernels.draw_rows`.
+The loop (:func:`run_gibbs`) runs on a *chain*: the object that holds the current sample and
+the running sums and draws one side given the hyper-parameters and α. :class:`DriverChain`
+keeps them as arrays on the driver and draws a side with a *side sampler* (given the fixed
+side's current sample: draw every entity of the other side and, on the item side, return r̂ of
+every test rating, in the sampler's fixed test order) — :class:`LocalSampler` in one process,
+:class:`mfspark.models.bpmf.spark.SparkBlockSampler` on cached Spark blocks;
+:class:`mfspark.models.bpmf.spark.DistributedChain` keeps them on the executors as block
+states. All call :func:`mfspark.models.bpmf.kernels.draw_rows`, and every sum that feeds a draw
+is exact (:class:`mfspark.exactsum.ExactSum`), so all give the same chain.
 
 Sweep s = 1 … ``samples``: draw (μ_W, Λ_W) and every user, then (μ_V, Λ_V) and every item,
 then α (when sampled). The first ``burn_in`` sweeps are discarded; after them every
 ``thin``-th sweep's sample is *kept*: it enters the running sums of the posterior mean of the
-parameters and of the test predictions (Σ r̂ and Σ r̂² per test rating — O(n_test) numbers on
-the driver, never one sample per rating). The predictive mean is the average r̂ (clipped to the
+parameters and of the test predictions (Σ r̂ and Σ r̂² per test rating — O(n_test) numbers,
+never one sample per rating). The predictive mean is the average r̂ (clipped to the
 training range when asked), the predictive sd sqrt(Var r̂ + E[1/α]). ``saved_samples`` kept
 samples, evenly spread over the kept sweeps, are returned whole for later scoring.
 
