@@ -121,8 +121,9 @@ def _bin_of(magnitude: float) -> int:
     return (math.frexp(magnitude)[1] - 1) // BITS
 
 
-def exact_total(parts) -> ExactSum | None:
-    """The sum of several :class:`ExactSum` (None when there are none)."""
+def exact_total(parts):
+    """The sum of several :class:`ExactSum` (or of anything else that adds exactly, such as
+    statistics made of them); None when there are none."""
     total = None
     for part in parts:
         total = part if total is None else total + part

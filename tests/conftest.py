@@ -26,6 +26,13 @@ SLOW_FIRST = (
 )
 
 
+def pytest_configure(config):
+    # pytest-xdist >= 3.8 reorders files by their number of tests unless told not to, which
+    # would undo SLOW_FIRST (and start the cluster test last).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):

@@ -447,6 +447,12 @@ def _step_fn(side: str, fields: tuple[str, ...], make_state, summarize, stats, c
     return step
 
 
+def factor_fields(rank: int) -> dict[str, tuple[tuple, type]]:
+    """What a step of a factor model ships of a block's state: name → (shape of a row, dtype),
+    the float32 factors and bias a broadcast carries."""
+    return {"factors": ((rank,), np.float32), "bias": ((), np.float32)}
+
+
 def exchanged_block_fn(fields: dict[str, tuple[tuple, type]], block_fn):
     """``make_state`` of a solving step: open the block, place the shipped rows at its local
     columns (rows no block holds stay zero) and run ``block_fn(side, train, test, local,

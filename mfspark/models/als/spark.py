@@ -26,7 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from mfspark.blocks.random import seeded_normal
 from mfspark.blocks.rows import ITEM, USER, RatingRows
-from mfspark.blocks.spark import BlockStore, exchanged_block_fn, state_records
+from mfspark.blocks.spark import BlockStore, exchanged_block_fn, factor_fields, state_records
 from mfspark.errors import MfsparkError
 from mfspark.models.als.kernels import half_step
 from mfspark.models.als.train import ALSParams, ALSState, SideOutcome
@@ -96,12 +96,6 @@ def _initial_items_fn(params: ALSParams):
         }
 
     return initial
-
-
-def _shipped(rank: int) -> dict[str, tuple[tuple, type]]:
-    """What a partitioned step ships of a block's state: name → (shape of a row, dtype), the
-    float32 a broadcast carries."""
-    return {"factors": ((rank,), np.float32), "bias": ((), np.float32)}
 
 
 #: What the driver receives of a block's state after a partitioned step.
@@ -203,7 +197,7 @@ class SparkBlockSolver:
         if self.exchange == "broadcast":
             return ALSState.initial(self, params)
         items, outgoing, parts = self.store.step(
-            ITEM, None, tuple(_shipped(params.rank)), _initial_items_fn(params), _summary
+            ITEM, None, tuple(factor_fields(params.rank)), _initial_items_fn(params), _summary
         )
         state = DistributedState(self, items, outgoing, float(sum(p["penalty"] for p in parts)))
         self._states.append(state)
@@ -244,7 +238,7 @@ class SparkBlockSolver:
         cached and sends its own rows on; only sums reach the driver."""
         started = time.perf_counter()
         k = self.params.rank
-        fields = _shipped(k)
+        fields = factor_fields(k)
         solve = exchanged_block_fn(fields, _exchange_solve_fn(self.global_mean, self.params))
         states, outgoing, parts = self.store.step(side, incoming, tuple(fields), solve, _summary)
         shipped = sum(p["received"] for p in parts)

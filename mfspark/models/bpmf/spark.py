@@ -32,9 +32,9 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
 from mfspark.blocks.rows import ITEM, USER, RatingRows, tile_width
-from mfspark.blocks.spark import BlockStore, exchanged_block_fn, state_records
+from mfspark.blocks.spark import BlockStore, exchanged_block_fn, factor_fields, state_records
 from mfspark.errors import MfsparkError
-from mfspark.exactsum import ExactSum
+from mfspark.exactsum import ExactSum, exact_total
 from mfspark.models.bpmf.kernels import Hyper, SideDraw, SideStats, draw_rows, side_statistics
 from mfspark.models.bpmf.sampler import (
     BPMFParams,
@@ -82,11 +82,6 @@ def _draw_fn(global_mean: float, params: BPMFParams):
         return out
 
     return draw
-
-
-#: What a partitioned pass ships of a block's sample: name → (shape of a row, dtype).
-def _shipped(rank: int) -> dict[str, tuple[tuple, type]]:
-    return {"factors": ((rank,), np.float32), "bias": ((), np.float32)}
 
 
 #: A block state's entries that travel to the block's next pass: the running sums.
@@ -193,10 +188,8 @@ def _test_coordinates(side: str, train: RatingRows, test: RatingRows, payload) -
 
 
 def _total(parts: list[dict], key: str):
-    out = None
-    for p in parts:
-        out = p[key] if out is None else out + p[key]
-    return out
+    """The sum of the blocks' ``key`` (exact sums or statistics)."""
+    return exact_total(p[key] for p in parts)
 
 
 def _raise_errors(parts: list[dict]) -> None:
@@ -210,7 +203,7 @@ class DistributedChain:
 
     def __init__(self, sampler: SparkBlockSampler, params: BPMFParams):
         self.s, self.params = sampler, params
-        self.fields = _shipped(params.rank)
+        self.fields = factor_fields(params.rank)
         self.states = {USER: None, ITEM: None}
         self.outgoing = None
 
