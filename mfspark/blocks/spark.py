@@ -34,7 +34,9 @@ side's next step reads (the stage is run as the map stage of that shuffle). Per-
 back through an accumulator keyed by block. Co-partitioned RDDs (tokens, routes, states,
 messages: all partitioned by :func:`_block_partition`) are combined by a union that keeps
 partition p of each together, so only the messages move, and nothing per entity reaches the
-driver.
+driver. A state that must outlive its step (Bayesian MF's running sums) rides the same
+shuffle to the block's next step. Every ``LINEAGE_STEPS`` steps the messages are checkpointed,
+so a long fit's lineage and shuffle files stay bounded.
 
 Because a row's result depends only on its own ratings and the fixed side's values, results are
 identical for any number of blocks or partitions, broadcast or exchanged.
