@@ -38,10 +38,10 @@ class ExactSum:
         self.bins: dict[int, np.ndarray] = {}
 
     @classmethod
-    def of(cls, terms, axis_shape: tuple[int, ...] | None = None) -> ExactSum:
+    def of(cls, terms) -> ExactSum:
         """The exact sum of ``terms`` along their first axis (a scalar sum for a 1-d array)."""
         x = np.asarray(terms, dtype=np.float64)
-        out = cls(x.shape[1:] if axis_shape is None else axis_shape)
+        out = cls(x.shape[1:])
         if not x.size:
             return out
         if not np.isfinite(x).all():

@@ -38,34 +38,45 @@ def by_cell(res):
     return res.test_items[order], res.test_users[order], res.test_mean[order], res.test_sd[order]
 
 
+def local_chain(ratings, params):
+    """The single-process sampler's result: the reference."""
+    train, test, n_users, n_items = ratings
+    arrays = lambda df: tuple(df[c].to_numpy() for c in (C.USER_IDX, C.ITEM_IDX, C.RATING))  # noqa: E731
+    return run_gibbs(LocalSampler(arrays(train), n_users, n_items, params, arrays(test)), params)
+
+
+def spark_chain(spark, ratings, params, user_blocks, item_blocks, exchange="broadcast"):
+    """(result, sampler) of the Spark sampler on the given blocks; the sampler is closed."""
+    train, test, n_users, n_items = ratings
+    sampler = SparkBlockSampler(
+        spark,
+        spark.createDataFrame(train),
+        spark.createDataFrame(test),
+        n_users,
+        n_items,
+        params,
+        user_blocks,
+        item_blocks,
+        exchange,
+    )
+    try:
+        return run_gibbs(sampler, params), sampler
+    finally:
+        sampler.close()
+
+
 def test_spark_sampler_equals_local_sampler_for_any_blocking(spark, ratings):
     """7x5 blocks give the one-block (single-process) chain; the partitioned test below runs
     3x2 blocks with the chain on the executors."""
-    train, test, n_users, n_items = ratings
-    arrays = lambda df: tuple(df[c].to_numpy() for c in (C.USER_IDX, C.ITEM_IDX, C.RATING))  # noqa: E731
-    local = run_gibbs(LocalSampler(arrays(train), n_users, n_items, PARAMS, arrays(test)), PARAMS)
+    local = local_chain(ratings, PARAMS)
     want = by_cell(local)
-    for user_blocks, item_blocks in ((7, 5),):
-        sampler = SparkBlockSampler(
-            spark,
-            spark.createDataFrame(train),
-            spark.createDataFrame(test),
-            n_users,
-            n_items,
-            PARAMS,
-            user_blocks,
-            item_blocks,
-        )
-        try:
-            got = run_gibbs(sampler, PARAMS)
-        finally:
-            sampler.close()
-        for a, b in zip(by_cell(got), want, strict=True):
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
-        np.testing.assert_array_equal(got.posterior_mean.item_factors, local.posterior_mean.item_factors)
-        assert [h.train_rmse for h in got.history] == [h.train_rmse for h in local.history]
+    got, _ = spark_chain(spark, ratings, PARAMS, 7, 5)
+    for a, b in zip(by_cell(got), want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(got.posterior_mean.item_factors, local.posterior_mean.item_factors)
+    assert [h.train_rmse for h in got.history] == [h.train_rmse for h in local.history]
     # every test row is predicted, cold users and items from μ + known bias (never NaN)
-    assert len(want[2]) == len(test) and np.isfinite(want[2]).all()
+    assert len(want[2]) == len(ratings[1]) and np.isfinite(want[2]).all()
     assert (
         not local.posterior_mean.item_factors[66:].any()
         and not local.posterior_mean.user_bias[115:].any()
@@ -80,26 +91,10 @@ def test_partitioned_chain_equals_the_driver_chain(spark, ratings):
     runs after the first lineage checkpoint (every 10 steps)."""
     from leaks import leftover_dirs, persistent_rdds
 
-    train, test, n_users, n_items = ratings
     params = BPMFParams(rank=3, burn_in=1, samples=5, thin=2, seed=9, saved_samples=2, clip=(1.0, 5.0))
-    arrays = lambda df: tuple(df[c].to_numpy() for c in (C.USER_IDX, C.ITEM_IDX, C.RATING))  # noqa: E731
-    want = run_gibbs(LocalSampler(arrays(train), n_users, n_items, params, arrays(test)), params)
+    want = local_chain(ratings, params)
     before = persistent_rdds(spark)
-    sampler = SparkBlockSampler(
-        spark,
-        spark.createDataFrame(train),
-        spark.createDataFrame(test),
-        n_users,
-        n_items,
-        params,
-        3,
-        2,
-        exchange="partitioned",
-    )
-    try:
-        got = run_gibbs(sampler, params)
-    finally:
-        sampler.close()
+    got, sampler = spark_chain(spark, ratings, params, 3, 2, exchange="partitioned")
     assert persistent_rdds(spark) == before and leftover_dirs(spark, [sampler.store]) == []
     assert sampler.store.counts is None  # nothing per entity was collected at set-up
     for name in ("user_factors", "user_bias", "item_factors", "item_bias", "user_counts", "item_counts"):
