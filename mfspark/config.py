@@ -223,8 +223,8 @@ class ALSConfig:
         metadata=_doc(
             "How the per-row Gram matrices are formed: `sparse` (packed outer products, "
             "CSR x dense: fastest at small ranks), `dense` (gathered rows, batched BLAS-3: "
-            "fastest at large ranks) or `auto` (sparse for now: dense is opt-in). Same results up to "
-            "float rounding.",
+            "fastest at large ranks) or `auto` (dense from rank 20, the crossover measured by "
+            "benchmarks/kernels.py). Same results up to float rounding.",
             choices=("auto", "sparse", "dense"),
         ),
     )

@@ -67,7 +67,8 @@ def test_block_solver_equals_per_row_solve(scaling, width, strategy, monkeypatch
 def test_gram_strategy_by_rank_and_its_tiles():
     from mfspark.blocks.rows import DENSE_FROM_RANK, ONE_TILE, gram_strategy, padded_length, tile_width
 
-    assert gram_strategy(50) == "sparse" and gram_strategy(DENSE_FROM_RANK) == "dense"
+    assert gram_strategy(10) == "sparse" and gram_strategy(50) == "dense"
+    assert gram_strategy(DENSE_FROM_RANK - 1) == "sparse" and gram_strategy(DENSE_FROM_RANK) == "dense"
     assert gram_strategy(100, "sparse") == "sparse" and gram_strategy(2, "dense") == "dense"
     with pytest.raises(ValueError, match="one of auto, sparse, dense"):
         gram_strategy(10, "fast")

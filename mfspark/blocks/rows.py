@@ -47,12 +47,25 @@ USER, ITEM = "user", "item"
 # Rows per chunk of a block: bounds the dense (rows × (k+1)²) float64 work arrays.
 CHUNK_ROWS = 32_768
 
-#: Ranks from which the dense (BLAS-3) Gram strategy is used; see gram_strategy.
-DENSE_FROM_RANK = 10**9  # dense is opt-in until its crossover is measured (README, Known gaps)
+#: Values of one chunk's Gram matrices (rows × (k+1)²): at high ranks a chunk has fewer rows
+#: than ``CHUNK_ROWS``, so its float64 work arrays stay at 32 MB whatever the rank.
+CHUNK_GRAM_VALUES = 1 << 22
+
+
+def chunk_size(dim: int, chunk_rows: int = CHUNK_ROWS) -> int:
+    """Rows per chunk for systems of size ``dim``: ``chunk_rows``, bounded by CHUNK_GRAM_VALUES.
+    Each row's sums depend only on its own ratings, so the chunking never changes a result."""
+    return max(1, min(int(chunk_rows), CHUNK_GRAM_VALUES // (dim * dim)))
+
+#: Ranks from which the dense (BLAS-3) Gram strategy is used; see gram_strategy. Measured by
+#: ``benchmarks/kernels.py`` (one core, float32, a 20M-shaped block): the sparse strategy is
+#: 2x faster at rank 10, equal at 20, and the dense one 3x faster at 30, 2.8x at 50, 15x at 100.
+DENSE_FROM_RANK = 20
 
 #: Padded cells (rows × padded length) per batch of the dense strategy: bounds its
-#: (cells × (k+1)) gathered operand.
-DENSE_BATCH_CELLS = 1 << 18
+#: (cells × (k+1)) gathered operand (13 MB at rank 50). From 2^14 to 2^18 cells the speed is
+#: the same within 10 % at ranks 20-100 (benchmarks/kernels.py's block).
+DENSE_BATCH_CELLS = 1 << 16
 
 STRATEGIES = ("auto", "sparse", "dense")
 
@@ -294,6 +307,7 @@ def normal_equations(
     mean = dtype(global_mean)
     counts = block.counts()
     ones = np.ones(int(np.max(np.diff(block.indptr[:, [0, -1]], axis=1), initial=0)), dtype)
+    chunk_rows = chunk_size(dim, chunk_rows)
     for start in range(0, block.n_rows, chunk_rows):
         stop = min(start + chunk_rows, block.n_rows)
         n = stop - start
@@ -361,7 +375,9 @@ def _dense_normal_equations(
     batch_cells: int,
 ) -> Iterator[NormalEquations]:
     """The dense strategy (module docstring): rows grouped by :func:`padded_length`, each
-    group's Gram matrices one batched ``matmul`` of gathered (length × (k+1)) matrices."""
+    batch's Gram matrices one stacked ``matmul`` (a BLAS-3 product per row) of its gathered
+    (length × (k+1)) matrices. The gathered operand and the products go to work buffers
+    allocated once per call: fresh pages for every batch cost more than the products."""
     k = fixed_factors.shape[1]
     dim = k + 1
     n_fixed = fixed_factors.shape[0]
@@ -371,6 +387,11 @@ def _dense_normal_equations(
     u_aug[:n_fixed, k] = 1.0
     bias = fixed_bias.astype(dtype, copy=False)
     counts = block.counts()
+    chunk_rows = chunk_size(dim, chunk_rows)
+    longest = int(padded_length(counts).max(initial=8))
+    batch_cells = max(batch_cells, longest)  # a batch holds at least one row
+    gathered = np.empty(batch_cells * dim, dtype=dtype)
+    products = np.empty(min(chunk_rows, batch_cells // 8) * dim * dim, dtype=dtype)
     for start in range(0, block.n_rows, chunk_rows):
         stop = min(start + chunk_rows, block.n_rows)
         n = stop - start
@@ -380,9 +401,9 @@ def _dense_normal_equations(
         # position n_cells of the padded arrays: the zero row / zero target
         cols = np.append(cols, n_fixed)
         target = np.append(target, dtype(0))
-        gram = np.zeros((n, dim, dim), dtype=dtype)
-        rhs = np.zeros((n, dim), dtype=dtype)
-        row_sq = np.zeros(n, dtype=dtype)
+        gram = np.zeros((n, dim, dim))
+        rhs = np.zeros((n, dim))
+        row_sq = np.zeros(n)
         cnt = counts[start:stop]
         length = padded_length(cnt)
         rated = np.flatnonzero(cnt > 0)
@@ -391,22 +412,25 @@ def _dense_normal_equations(
         for group in np.split(by_length, bounds) if len(by_length) else []:
             width = int(length[group[0]])
             lanes = np.arange(width)
-            step = max(1, batch_cells // width)
+            step = min(batch_cells // width, len(products) // (dim * dim))
             for b in range(0, len(group), step):
                 rows = group[b : b + step]
                 pos = row_start[rows, None] + lanes
                 pos = np.where(lanes < cnt[rows, None], pos, len(cols) - 1)
-                x = u_aug[cols[pos]]  # (rows, width, dim)
-                t = target[pos]  # (rows, width)
-                gram[rows] = np.matmul(x.transpose(0, 2, 1), x)
+                x = gathered[: pos.size * dim].reshape(len(rows), width, dim)
+                np.take(u_aug, np.take(cols, pos), axis=0, out=x)
+                t = np.take(target, pos)  # (rows, width)
+                g = products[: len(rows) * dim * dim].reshape(len(rows), dim, dim)
+                gram[rows] = np.matmul(x.transpose(0, 2, 1), x, out=g)
                 rhs[rows] = np.matmul(t[:, None, :], x)[:, 0, :]
-                row_sq[rows] = np.einsum("rw,rw->r", t, t)
+                if row_sums:
+                    row_sq[rows] = np.einsum("rw,rw->r", t, t)
         yield NormalEquations(
             start,
             stop,
-            gram.astype(np.float64),
-            rhs.astype(np.float64),
+            gram,
+            rhs,
             cnt,
             float(np.einsum("i,i->", target[:-1], target[:-1], dtype=np.float64)),
-            row_sq.astype(np.float64) if row_sums else None,
+            row_sq if row_sums else None,
         )
