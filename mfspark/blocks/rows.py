@@ -57,6 +57,7 @@ def chunk_size(dim: int, chunk_rows: int = CHUNK_ROWS) -> int:
     Each row's sums depend only on its own ratings, so the chunking never changes a result."""
     return max(1, min(int(chunk_rows), CHUNK_GRAM_VALUES // (dim * dim)))
 
+
 #: Ranks from which the dense (BLAS-3) Gram strategy is used; see gram_strategy. Measured by
 #: ``benchmarks/kernels.py`` (one core, float32, a 20M-shaped block): the sparse strategy is
 #: 2x faster at rank 10, equal at 20, and the dense one 3x faster at 30, 2.8x at 50, 15x at 100.
