@@ -24,8 +24,10 @@ mfspark's objective, so it uses mfspark's choice.
 
 Timings per system: ``setup_seconds`` (partitioning/packing the ratings, before the first
 iteration), ``seconds_per_iteration`` (median over iterations), ``fit_seconds`` (the whole
-fit), ``peak_rss_mb`` (peak resident memory of the processes the system runs in, sampled every
-50 ms: MLlib the JVM; mfspark the JVM, its Python workers and the driver; numpy the driver).
+fit), ``peak_memory_mb`` (peak memory of the processes the system runs in, sampled every 50 ms:
+the driver, the JVM and its Python workers for the Spark systems, the driver for numpy; each
+process counted by its proportional set size, so pages shared by forked Python workers or
+memory-mapped by several of them count once; the JVM is collected before each system starts).
 MLlib's iterations are timed from Spark's own stage timeline (two ``flatMap at ALS.scala``
 stages per iteration, read from the Spark UI's REST API); when that is unavailable the mean
 over (fit − first job) is reported and said so. ``mllib_blas`` says which BLAS MLlib ran on.
@@ -35,6 +37,7 @@ Written to ``<output.path>/benchmark`` (Parquet) and printed as a table with rat
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -71,7 +74,7 @@ BENCHMARK_SCHEMA = T.StructType(
         T.StructField("setup_seconds", T.DoubleType(), True),
         T.StructField("seconds_per_iteration", T.DoubleType(), True),
         T.StructField("fit_seconds", T.DoubleType(), True),
-        T.StructField("peak_rss_mb", T.DoubleType(), True),
+        T.StructField("peak_memory_mb", T.DoubleType(), True),
         T.StructField("test_rmse", T.DoubleType(), True),
         T.StructField("reg", T.DoubleType(), True),
         T.StructField("reg_scaling", T.StringType(), True),
@@ -95,7 +98,7 @@ class SystemRun:
     setup_seconds: float | None
     seconds_per_iteration: float | None
     fit_seconds: float
-    peak_rss_mb: float | None
+    peak_memory_mb: float | None
     test_rmse: float
     reg: float
     validation_rmse: float | None = None
@@ -118,22 +121,30 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+def _memory_mb(pid: int) -> float:
+    """A process's proportional set size (Linux): its private pages plus its share of the pages
+    it maps together with other processes, so summing it over processes counts every page
+    once. Falls back to the resident set size where ``smaps_rollup`` is missing."""
+    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            continue
     return 0.0
 
 
 class PeakMemory:
-    """Samples the summed RSS of chosen processes (Linux /proc) in a background thread."""
+    """Samples the summed memory (:func:`_memory_mb`) of chosen processes in a background thread.
 
-    def __init__(self, which: str, interval: float = 0.05):
-        self.which, self.interval = which, interval
+    With ``spark``, every system starts from the same state: the JVM's heap and the driver's
+    Python objects are collected first, so a system is not charged for the heap an earlier
+    system grew (the JVM gives unused heap back to the OS after a full collection)."""
+
+    def __init__(self, which: str, interval: float = 0.05, spark: SparkSession | None = None):
+        self.which, self.interval, self.spark = which, interval, spark
         self.peak: float | None = None
         self._stop = threading.Event()
 
@@ -143,8 +154,6 @@ class PeakMemory:
         jvms = [p for p in tree.get(me, []) if _is_java(p)]
         if self.which == "driver":
             return [me]
-        if self.which == "jvm":
-            return jvms
         pids, stack = [me], list(jvms)  # driver + JVM + everything under it (Python workers)
         while stack:
             p = stack.pop()
@@ -154,11 +163,14 @@ class PeakMemory:
 
     def _run(self):
         while not self._stop.is_set():
-            total = sum(_rss_mb(p) for p in self._pids())
+            total = sum(_memory_mb(p) for p in self._pids())
             self.peak = total if self.peak is None else max(self.peak, total)
             self._stop.wait(self.interval)
 
     def __enter__(self):
+        if self.spark is not None:
+            gc.collect()
+            self.spark.sparkContext._jvm.System.gc()
         if os.path.isdir("/proc"):
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
@@ -365,7 +377,7 @@ def fit_bpmf_system(spark, train, test, n_users, n_items, cfg: Config, clip) -> 
 
     params = BPMFParams.from_config(cfg.bpmf, rank=cfg.als.rank, clip=clip, saved_samples=0)
     started = time.time()
-    with PeakMemory("all") as mem:
+    with PeakMemory("all", spark=spark) as mem:
         sampler = SparkBlockSampler(
             spark,
             train,
@@ -587,7 +599,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
         als, clip=clip, tol=0.0, reg=regs["mfspark"]
     )
     if "mllib" in bench.systems:
-        with PeakMemory("jvm") as mem:
+        with PeakMemory("all", spark=spark) as mem:
             rmse, fit_s, setup, per_iter, timing, mllib_model = fit_mllib(
                 spark, train, test, rank, iterations, regs["mllib"], als.seed, global_mean, "final"
             )
@@ -610,7 +622,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     for system, exchange in (("mfspark", "broadcast"), ("mfspark_partitioned", "partitioned")):
         if system not in bench.systems:
             continue
-        with PeakMemory("all") as mem:
+        with PeakMemory("all", spark=spark) as mem:
             result, fit_s, setup = fit_mfspark(
                 spark, train, test, n_users, n_items, final, cfg, exchange
             )
@@ -672,7 +684,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
             r.setup_seconds,
             r.seconds_per_iteration,
             r.fit_seconds,
-            r.peak_rss_mb,
+            r.peak_memory_mb,
             r.test_rmse,
             float(r.reg),
             r.reg_scaling,
@@ -735,7 +747,7 @@ def table_text(runs, truth, oracle, n_train, n_test, n_users, n_items, master) -
             f"{num(r.seconds_per_iteration, '9.2f')}"
             f"{ratio(r.seconds_per_iteration, ref.seconds_per_iteration):>9}"
             f"{r.fit_seconds:9.1f}{ratio(r.fit_seconds, ref.fit_seconds):>9}"
-            f"{num(r.peak_rss_mb, '9.0f')}{r.test_rmse:11.4f}{ratio(r.test_rmse, ref.test_rmse):>9}"
+            f"{num(r.peak_memory_mb, '9.0f')}{r.test_rmse:11.4f}{ratio(r.test_rmse, ref.test_rmse):>9}"
         )
     if truth is not None:
         best = min(r.test_rmse for r in runs)

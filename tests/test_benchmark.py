@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -101,3 +103,37 @@ def test_benchmark_times_top_k_for_all_users_against_mllib(spark, tmp_path, caps
     assert (table["n_users"] == n_train_users).all() and (table["k"] == 5).all()
     assert (table["seconds"] > 0).all() and len(entry["recommend"]) == 3
     assert "top-5 lists for every user" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs Linux smaps_rollup")
+def test_memory_counts_pages_shared_by_a_forked_child_once():
+    """Summed resident sets count a forked worker's inherited pages twice; the benchmark's
+    measure (proportional set size) must count them once, as a real machine holds them."""
+    import signal
+
+    from mfspark.benchmark import _memory_mb
+
+    def rss_mb(pid):
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+    shared = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only touches the inherited pages and waits
+        os.close(read)
+        float(shared.sum())
+        os.write(write, b"x")
+        signal.pause()
+    try:
+        os.close(write)
+        assert os.read(read, 1) == b"x"
+        pids = (os.getpid(), child)
+        both_rss = sum(rss_mb(p) for p in pids)
+        both_pss = sum(_memory_mb(p) for p in pids)
+        mine = rss_mb(os.getpid())
+        assert both_rss > mine + 60  # the child's resident set holds the 64 MB again
+        assert both_pss < mine + 40  # the proportional sizes hold it once
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

@@ -571,7 +571,7 @@ class Builder:
                 fmt_float(r.get("setup_seconds"), 2),
                 fmt_float(r.get("seconds_per_iteration"), 3),
                 fmt_float(r.get("fit_seconds"), 1),
-                fmt_float(r.get("peak_rss_mb"), 0),
+                fmt_float(r.get("peak_memory_mb"), 0),
                 fmt_float(r.get("test_rmse")),
             ]
             for r in rows
