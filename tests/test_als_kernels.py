@@ -191,3 +191,43 @@ def test_seeded_normal_depends_only_on_entity():
     np.testing.assert_array_equal(a[500:], b)
     assert abs(a.std() - 0.1) < 0.005 and abs(a.mean()) < 0.005
     assert not np.array_equal(a, seeded_normal(8, np.arange(1000), 8, 0.1))
+
+
+@pytest.mark.parametrize("spread", [3, 10**7], ids=["table", "sorted"])
+def test_distinct_and_positions_equal_unique_and_searchsorted(spread):
+    from mfspark.blocks.rows import distinct, positions
+
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 5000, 20000) * spread  # spread 10**7: too sparse for a lookup table
+    values, pos = distinct(ids)
+    want_values, want_pos = np.unique(ids, return_inverse=True)
+    np.testing.assert_array_equal(values, want_values)
+    np.testing.assert_array_equal(pos, want_pos)
+    np.testing.assert_array_equal(positions(values, ids[::7]), np.searchsorted(values, ids[::7]))
+    with pytest.raises(ValueError, match="not among the entities"):
+        positions(values[1:], ids)  # the smallest id is no longer an entity
+    with pytest.raises(ValueError, match="not among the entities"):
+        positions(values, np.array([values[-1] + 1]))
+
+
+@pytest.mark.parametrize("width", [7, None])
+def test_from_coo_packed_sort_equals_stable_argsort(width, monkeypatch):
+    """The packed (key, value) sort and the argsort fallback store the same arrays, and both
+    equal a per-rating oracle: rows in entity order, columns ascending within a row and tile."""
+    import mfspark.blocks.rows as K
+
+    rng = np.random.default_rng(4)
+    rows, cols, vals = random_ratings(rng, 60, 40, 900)
+    vals = vals.astype(np.float32) - 3.0  # negative values too: their sign bit is in the key's word
+    entities = np.arange(-1, 66) * 2 + 2  # sorted ids, some without ratings
+    rows = rows * 2 + 2
+    packed = K.RatingRows.from_coo(rows, cols, vals, entities, width)
+    monkeypatch.setattr(K, "PACKED_KEYS", 0)
+    fallback = K.RatingRows.from_coo(rows, cols, vals, entities, width)
+    for name in ("rows", "indptr", "cols", "values"):
+        np.testing.assert_array_equal(getattr(packed, name), getattr(fallback, name))
+    w = width or 40
+    order = sorted(range(len(rows)), key=lambda p: (cols[p] // w, rows[p], cols[p]))
+    np.testing.assert_array_equal(packed.global_cols(), cols[order])
+    np.testing.assert_array_equal(packed.values, vals[order])
+    np.testing.assert_array_equal(packed.rows[packed.row_positions()], rows[order])

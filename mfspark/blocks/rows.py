@@ -200,30 +200,96 @@ class RatingRows:
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
         if entities is None:
-            entities = np.unique(rows)
-        entities = np.asarray(entities, dtype=np.int64)
-        pos = np.searchsorted(entities, rows)
-        if len(rows) and (pos.max() >= len(entities) or not np.array_equal(entities[pos], rows)):
-            raise ValueError("ratings for rows that are not among the entities")
+            entities, pos = distinct(rows)
+        else:
+            entities = np.asarray(entities, dtype=np.int64)
+            pos = positions(entities, rows)
         n_cols = int(cols.max()) + 1 if len(cols) else 1
         width = int(width) if width else max(n_cols, 1)
         n_tiles = max(1, -(-n_cols // width))
-        tile, local = np.divmod(cols, width)
         n = len(entities)
-        # one stable sort of a combined (tile, row, col) key
-        cell = tile * n + pos
-        order = np.argsort(cell * width + local, kind="stable")
+        # (tile, row, col) as one key: the storage order is the keys in ascending order
+        tile, local = np.divmod(cols, width)
+        key = (tile * n + pos) * width + local
+        del tile, local, pos
+        values = np.asarray(values).astype(np.float32, copy=False)
+        if n_tiles * n * width <= PACKED_KEYS:
+            # key and value bits in one uint64: one plain sort (SIMD, ~15x faster than a stable
+            # argsort of the keys); (row, col) pairs are unique, so the order is the keys' order
+            packed = key.astype(np.uint64) << np.uint64(32)
+            packed |= values.view(np.uint32)
+            del key
+            packed.sort()
+            key = (packed >> np.uint64(32)).astype(np.int64)
+            values = (packed & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
+            del packed
+        else:
+            order = np.argsort(key, kind="stable")
+            key, values = np.take(key, order), np.take(values, order)
+        cell, local = np.divmod(key, width)
         starts = np.zeros(n_tiles * n + 1, dtype=np.int64)
         np.cumsum(np.bincount(cell, minlength=n_tiles * n), out=starts[1:])
         indptr = np.stack([starts[t * n : t * n + n + 1] for t in range(n_tiles)])
         return RatingRows(
             entities.astype(np.int32),
             indptr,
-            np.take(local, order).astype(np.int32),
-            np.take(np.asarray(values), order).astype(np.float32),
+            local.astype(np.int32),
+            values,
             width,
             None if col_ids is None else np.asarray(col_ids, np.int32),
         )
+
+
+#: Keys below this fit the upper half of a uint64 whose lower half holds the value's bits.
+PACKED_KEYS = 2**32
+
+#: An index lookup table is used while the indices span at most this many times their count
+#: (plus TABLE_SLACK): linear time, where sorting and binary search cost n log n.
+TABLE_SPAN = 8
+TABLE_SLACK = 1 << 16
+
+
+def _table_fits(span: int, count: int) -> bool:
+    return span <= TABLE_SPAN * count + TABLE_SLACK
+
+
+def distinct(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct values of ``ids`` (non-negative integers) and the position of each
+    element among them: ``np.unique(ids, return_inverse=True)``, in linear time when the values
+    are not too sparse."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if not len(ids):
+        return ids, ids
+    span = int(ids.max()) + 1
+    if ids.min() < 0 or not _table_fits(span, len(ids)):
+        values, inverse = np.unique(ids, return_inverse=True)
+        return values, inverse.reshape(-1)
+    present = np.zeros(span, dtype=np.bool_)
+    present[ids] = True
+    rank = np.cumsum(present, dtype=np.int64)
+    rank -= 1
+    return np.flatnonzero(present), np.take(rank, ids)
+
+
+def positions(entities: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The position of every element of ``ids`` in ``entities`` (sorted, unique); a ValueError
+    when one is not there."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if not len(ids):
+        return ids
+    missing = ValueError("ratings for rows that are not among the entities")
+    span = int(max(ids.max(), entities[-1] if len(entities) else 0)) + 1
+    if ids.min() >= 0 and len(entities) and _table_fits(span, len(ids)):
+        table = np.full(span, -1, dtype=np.int64)
+        table[entities] = np.arange(len(entities))
+        pos = np.take(table, ids)
+        if pos.min() < 0:
+            raise missing
+        return pos
+    pos = np.searchsorted(entities, ids)
+    if pos.max() >= len(entities) or not np.array_equal(entities[pos], ids):
+        raise missing
+    return pos
 
 
 def triangle_layout(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -61,7 +61,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mfspark import columns as C
-from mfspark.blocks.rows import ITEM, USER, RatingRows
+from mfspark.blocks.rows import ITEM, USER, RatingRows, distinct
 from mfspark.errors import MfsparkError
 
 log = logging.getLogger(__name__)
@@ -186,10 +186,9 @@ def _assemble(pieces, width: int) -> tuple[RatingRows, RatingRows] | None:
         np.concatenate([np.frombuffer(p[i], dtype=dtype) for p in pieces])
         for i, (_, dtype) in enumerate(PIECE_ARRAYS)
     )
-    entities = np.unique(rows)
+    entities = distinct(rows)[0]
     # Block-local columns: the block addresses only the fixed-side entities it rates.
-    col_ids = np.unique(cols)
-    cols = np.searchsorted(col_ids, cols)
+    col_ids, cols = distinct(cols)
     train = RatingRows.from_coo(
         rows[~is_test], cols[~is_test], values[~is_test], entities, width, col_ids
     )
