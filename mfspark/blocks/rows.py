@@ -48,8 +48,11 @@ USER, ITEM = "user", "item"
 CHUNK_ROWS = 32_768
 
 #: Values of one chunk's Gram matrices (rows × (k+1)²): at high ranks a chunk has fewer rows
-#: than ``CHUNK_ROWS``, so its float64 work arrays stay at 32 MB whatever the rank.
-CHUNK_GRAM_VALUES = 1 << 22
+#: than ``CHUNK_ROWS``, so its float64 work arrays stay at 8 MB whatever the rank. Small enough
+#: for glibc to recycle a freed chunk's memory instead of returning it to the OS: fresh pages
+#: cost about 3 µs each to fault in on a virtual machine, which at 32 MB chunks made up half
+#: of a rank-50 half-step.
+CHUNK_GRAM_VALUES = 1 << 20
 
 
 def chunk_size(dim: int, chunk_rows: int = CHUNK_ROWS) -> int:
@@ -60,7 +63,8 @@ def chunk_size(dim: int, chunk_rows: int = CHUNK_ROWS) -> int:
 
 #: Ranks from which the dense (BLAS-3) Gram strategy is used; see gram_strategy. Measured by
 #: ``benchmarks/kernels.py`` (one core, float32, a 20M-shaped block): the sparse strategy is
-#: 2x faster at rank 10, equal at 20, and the dense one 3x faster at 30, 2.8x at 50, 15x at 100.
+#: 2.0x faster at rank 10 and 1.15x at 16; the dense one 1.4x faster at 20, 2.1x at 30, 3.9x at
+#: 50 and 14x at 100.
 DENSE_FROM_RANK = 20
 
 #: Padded cells (rows × padded length) per batch of the dense strategy: bounds its
