@@ -50,15 +50,20 @@ def predict(
     rows: np.ndarray,
     cols: np.ndarray,
     clip: tuple[float, float] | None = None,
-    chunk: int = 1 << 20,
+    chunk_values: int = 1 << 21,
 ) -> np.ndarray:
     """r̂ = μ + b_row + c_col + w_rowᵀu_col for index pairs, optionally clipped (float64).
+
+    Pairs go in chunks whose gathered factors hold ``chunk_values`` values per side (8 MB of
+    float32): small enough for the allocator to reuse them chunk after chunk, where larger
+    gathers fault in fresh pages each time (at rank 50 that was most of the time).
 
     An index that is negative or past the end of its side is an entity the model does not
     know: it contributes bias 0 and factor 0, so the prediction falls back to μ plus the
     known bias (never NaN).
     """
     out = np.empty(len(rows), dtype=np.float64)
+    chunk = max(1, chunk_values // max(1, row_factors.shape[1]))
     for a in range(0, len(rows), chunk):
         r, c = rows[a : a + chunk], cols[a : a + chunk]
         known_r = (r >= 0) & (r < len(row_bias))
