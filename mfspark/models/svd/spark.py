@@ -26,8 +26,17 @@ class SparkOperator:
         num_user_blocks: int = 0,
         num_item_blocks: int = 0,
     ):
+        # The operator's products are width-wide CSR × dense ones: cache-sized column tiles,
+        # whichever Gram strategy ALS would pick at this width.
         self.store = BlockStore(
-            spark, train, test, n_users, n_items, tile_width(width), num_user_blocks, num_item_blocks
+            spark,
+            train,
+            test,
+            n_users,
+            n_items,
+            tile_width(width, "sparse"),
+            num_user_blocks,
+            num_item_blocks,
         )
         self.n_users, self.n_items = n_users, n_items
         self.global_mean = self.store.global_mean
