@@ -28,16 +28,14 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ml100k import require_folds, write_json  # noqa: E402
+from ml100k import read_fold, require_folds, write_json  # noqa: E402
 
 
 def _u1(spark, root: str):
     import pandas as pd
 
     require_folds(root, ["u1"])
-    names = ["user", "item", "rating", "ts"]
-    base = pd.read_csv(os.path.join(root, "u1.base"), sep="\t", names=names)
-    test = pd.read_csv(os.path.join(root, "u1.test"), sep="\t", names=names)
+    base, test = read_fold(root, "u1")
     n_users = int(max(base.user.max(), test.user.max()))
     n_items = int(max(base.item.max(), test.item.max()))
 

@@ -7,6 +7,7 @@ import os
 import sys
 
 FOLDS = [f"u{k}" for k in range(1, 6)]
+COLUMNS = ["user", "item", "rating", "timestamp"]
 
 
 def require_folds(root: str, folds: list[str] = FOLDS) -> None:
@@ -19,6 +20,16 @@ def require_folds(root: str, folds: list[str] = FOLDS) -> None:
                     file=sys.stderr,
                 )
                 raise SystemExit(2)
+
+
+def read_fold(root: str, fold: str):
+    """A fold's ``(base, test)`` as pandas frames with ``COLUMNS`` (ids as in the files, 1..n)."""
+    import pandas as pd
+
+    def read(name: str):
+        return pd.read_csv(os.path.join(root, name), sep="\t", names=COLUMNS)
+
+    return read(f"{fold}.base"), read(f"{fold}.test")
 
 
 def write_json(path: str | None, figures) -> None:

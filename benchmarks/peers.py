@@ -23,18 +23,7 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
-from ml100k import FOLDS, require_folds, write_json
-
-COLUMNS = ["user", "item", "rating", "timestamp"]
-
-
-def read_fold(root: str, fold: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    def read(name: str) -> pd.DataFrame:
-        return pd.read_csv(os.path.join(root, name), sep="\t", names=COLUMNS)
-
-    return read(f"{fold}.base"), read(f"{fold}.test")
-
+from ml100k import FOLDS, read_fold, require_folds, write_json
 
 SURPRISE_GRID = {
     "BaselineOnly": [

@@ -17,21 +17,19 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from ml100k import require_folds  # noqa: E402
+from ml100k import read_fold, require_folds  # noqa: E402
 
 from mfspark.blocks.rows import STRATEGIES, gram_strategy  # noqa: E402
 from mfspark.models.als.kernels import Regularization  # noqa: E402
 from mfspark.models.als.train import ALSParams, LocalSolver, run_als  # noqa: E402
 
-N_USERS, N_ITEMS = 943, 1682  # MovieLens 100K's ids are 1..943 and 1..1682
+
+def arrays(df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user index, item index, rating): MovieLens 100K's ids are 1..n, the index is id − 1."""
+    return df.user.to_numpy() - 1, df.item.to_numpy() - 1, df.rating.to_numpy(np.float64)
 
 
-def load(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    a = np.loadtxt(path, dtype=np.int64)
-    return a[:, 0] - 1, a[:, 1] - 1, a[:, 2].astype(np.float64)
-
-
-def fit(train, test, rank: int, iterations: int, strategy: str, dtype) -> tuple[np.ndarray, float]:
+def fit(train, test, n_users, n_items, rank, iterations, strategy, dtype) -> tuple[np.ndarray, float]:
     """All fitted parameters as one vector, and the final test RMSE."""
     params = ALSParams(
         rank=rank,
@@ -42,7 +40,7 @@ def fit(train, test, rank: int, iterations: int, strategy: str, dtype) -> tuple[
         dtype=dtype,
         reg=Regularization(0.05, 0.05, "count"),
     )
-    result = run_als(LocalSolver(train, N_USERS, N_ITEMS, params, test=test), params)
+    result = run_als(LocalSolver(train, n_users, n_items, params, test=test), params)
     m = result.model
     flat = [m.user_factors.ravel(), m.item_factors.ravel(), m.user_bias, m.item_bias]
     return np.concatenate([x.astype(np.float64) for x in flat]), result.history[-1].test_rmse
@@ -55,14 +53,17 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10)
     args = parser.parse_args()
     require_folds(args.root, ["u1"])
-    train, test = (load(os.path.join(args.root, f"u1.{s}")) for s in ("base", "test"))
+    base, held_out = read_fold(args.root, "u1")
+    train, test = arrays(base), arrays(held_out)
+    n_users = int(max(base.user.max(), held_out.user.max()))
+    n_items = int(max(base.item.max(), held_out.item.max()))
     print(
         f"{'rank':>4} {'strategy':>8} {'runs':>6} {'products':>8} {'test RMSE':>10} "
         f"{'max |Δ| vs sparse, same precision':>34} {'vs sparse float64':>18}"
     )
     for rank in args.ranks:
         fits = {
-            (s, d): fit(train, test, rank, args.iterations, s, d)
+            (s, d): fit(train, test, n_users, n_items, rank, args.iterations, s, d)
             for s in STRATEGIES
             for d in (np.float32, np.float64)
         }
