@@ -352,6 +352,7 @@ def normal_equations(
     dense batch (default ``DENSE_BATCH_CELLS``).
     """
     k = fixed_factors.shape[1]
+    chunk_rows = chunk_size(k + 1, chunk_rows)
     if gram_strategy(k, strategy) == "dense":
         yield from _dense_normal_equations(
             block,
@@ -378,7 +379,6 @@ def normal_equations(
     mean = dtype(global_mean)
     counts = block.counts()
     ones = np.ones(int(np.max(np.diff(block.indptr[:, [0, -1]], axis=1), initial=0)), dtype)
-    chunk_rows = chunk_size(dim, chunk_rows)
     for start in range(0, block.n_rows, chunk_rows):
         stop = min(start + chunk_rows, block.n_rows)
         n = stop - start
@@ -458,7 +458,6 @@ def _dense_normal_equations(
     u_aug[:n_fixed, k] = 1.0
     bias = fixed_bias.astype(dtype, copy=False)
     counts = block.counts()
-    chunk_rows = chunk_size(dim, chunk_rows)
     longest = int(padded_length(counts).max(initial=8))
     batch_cells = max(batch_cells, longest)  # a batch holds at least one row
     gathered = np.empty(batch_cells * dim, dtype=dtype)
