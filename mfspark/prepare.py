@@ -186,10 +186,10 @@ def preflight_prepare(cfg: Config, earlier_stages: tuple = ()) -> None:
 def run_prepare(cfg: Config, spark: SparkSession) -> dict:
     """Run the prepare stage and return its manifest entry.
 
-    Spark work, in order: one aggregation over the checked rows (which caches them: parse,
-    per-row checks and the duplicate window run once), one index build for users and items
-    together, one write per dataset and two cheap counts of what was written. Nothing is
-    counted twice, and the input is read once.
+    Spark work, in order: the checks (parse and per-row checks run once, cached; one
+    aggregation finds the repeated pairs, and only their rows are ranked), one aggregation
+    of the reasons, one index build for users and items together, one write per dataset and
+    two cheap counts of what was written. The input is read once.
     """
     started = time.time()
     fmt = cfg.resolved_format
@@ -205,15 +205,17 @@ def run_prepare(cfg: Config, spark: SparkSession) -> dict:
         with staged_outputs(spark, out, stage="prepare") as stage:
             t = time.time()
             train_parsed, test_parsed, synthetic = _read_source(spark, cfg, fmt)
-            checked = check_rows(train_parsed.df, cfg.data).persist(StorageLevel.MEMORY_AND_DISK)
+            checked = check_rows(train_parsed.df, cfg.data)  # persisted
             cached.append(checked)
             counts = count_reasons(checked)
             rejected = rejected_rows(checked, train_parsed.raw)
             test_valid = None
             if test_parsed is not None:
-                test_checked = reject_test_pairs_in_train(
-                    check_rows(test_parsed.df, cfg.data), valid_rows(checked)
-                ).persist(StorageLevel.MEMORY_AND_DISK)
+                test_rows = check_rows(test_parsed.df, cfg.data)
+                cached.append(test_rows)
+                test_checked = reject_test_pairs_in_train(test_rows, valid_rows(checked)).persist(
+                    StorageLevel.MEMORY_AND_DISK
+                )
                 cached.append(test_checked)
                 counts = counts + count_reasons(test_checked)
                 rejected = rejected.unionByName(rejected_rows(test_checked, test_parsed.raw))

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mfspark import columns as C
+from mfspark import validation
 from mfspark.config import load_config
 from mfspark.readers import read_ratings
 from mfspark.validation import check_rows, count_reasons, rejected_rows, valid_rows
@@ -61,7 +62,7 @@ def checked_u_data(spark, tmp_path_factory):
     path.write_text("\n".join(line for line, _ in LINES) + "\n")
     cfg = load_config(None, [f"data.path={path}"])
     parsed = read_ratings(spark, cfg.data, str(path), cfg.resolved_format)
-    checked = check_rows(parsed.df, cfg.data).cache()
+    checked = check_rows(parsed.df, cfg.data)  # persisted
     yield parsed, checked
     checked.unpersist()
 
@@ -144,3 +145,38 @@ def test_typed_source_reasons_and_raw_strings(spark, tmp_path):
         if reason
     )
     assert got == expected
+    checked.unpersist()
+
+
+def test_repeated_pairs_joined_without_broadcast_give_the_same_reasons(
+    spark, checked_u_data, monkeypatch
+):
+    parsed, broadcast = checked_u_data
+    monkeypatch.setattr(validation, "BROADCAST_PAIRS", 0)  # the shuffle join instead
+    checked = check_rows(parsed.df, load_config(None, []).data)
+    key = [C.LINE, C.REASON]
+    assert sorted(checked.select(*key).collect()) == sorted(broadcast.select(*key).collect())
+    checked.unpersist()
+
+
+def test_identical_rows_keep_exactly_one_and_the_choice_does_not_depend_on_order(spark, tmp_path):
+    # (e, w) three times with equal time and rating: twice in part-0, once in part-1. The
+    # tie goes to the larger source, so both copies in part-0 are duplicates.
+    folder = tmp_path / "same.parquet"
+    folder.mkdir()
+    part0 = {"user_id": ["e", "f", "e"], "item_id": ["w", "w", "w"], "rating": [4.0, 2.0, 4.0]}
+    part1 = {"user_id": ["e"], "item_id": ["w"], "rating": [4.0]}
+    for name, rows in (("part-0.parquet", part0), ("part-1.parquet", part1)):
+        rows["timestamp"] = [9] * len(rows["user_id"])
+        pq.write_table(pa.table(rows), folder / name)
+    cfg = load_config(None, [f"data.path={folder}"])
+    parsed = read_ratings(spark, cfg.data, str(folder), "parquet")
+    checked = check_rows(parsed.df, cfg.data)
+    assert count_reasons(checked).rejected == {C.REASON_DUPLICATE: 2}
+    assert sorted(tuple(r) for r in valid_rows(checked).collect()) == [
+        ("e", "w", 4.0, 9),
+        ("f", "w", 2.0, 9),
+    ]
+    sources = [r.source.rsplit("/", 1)[-1] for r in rejected_rows(checked, parsed.raw).collect()]
+    assert sources == ["part-0.parquet", "part-0.parquet"]
+    checked.unpersist()
