@@ -18,11 +18,11 @@ test ratings, with empty train arrays — holding the row's id and idx, ``n_trai
 ``ae_inputs/metadata`` is one row: ``n_users``, ``n_items``, the rating scale, the observed
 train range, the global train mean and the train/test nnz.
 
-Building is one shuffle per orientation, all inside Spark: the train and test cells are
-range-partitioned by row idx and sorted by (row, test flag, column), packed into one long key;
-a vectorised Arrow function then cuts each partition's sorted stream into list arrays (offsets
-from run boundaries, no Python per row, no ratings on the driver), and a broadcast join adds
-the row ids. Sorting makes the output independent of input order and partitioning.
+Building is one shuffle per orientation, all inside Spark: the train and test cells, packed into
+one long key (row, test flag, column), are range-partitioned by row idx; a vectorised Arrow
+function sorts each partition's cells by that key and cuts them into list arrays (offsets from
+run boundaries, no Python per row, no ratings on the driver), and a broadcast join adds the row
+ids. Sorting makes the output independent of input order and partitioning.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 ORIENTATIONS = ("by_item", "by_user")
 
 # A cell travels as one long sort key, (row << 32) | (is_test << 31) | col, plus its float
-# value: Spark sorts a single integral key by radix sort, and the shuffled rows are half as
-# wide as with separate columns. Idx values are int32 >= 0, so each part fits its bits.
+# value: one integer sort orders it, and the shuffled rows are half as wide as with separate
+# columns. Idx values are int32 >= 0, so each part fits its bits.
 _KEY, _VALUE = "_cell_key", "_value"
 _ROW_SHIFT, _TEST_BIT, _COL_MASK = 32, 1 << 31, (1 << 31) - 1
 
@@ -87,8 +87,7 @@ def build_rows(
         cells(train, False)
         .unionByName(cells(test, True))
         .repartitionByRange(max(1, num_partitions), F.shiftright(_KEY, _ROW_SHIFT))
-        .sortWithinPartitions(_KEY)
-        .mapInArrow(lambda batches: _rows_from_sorted_cells(batches, names), vector_schema)
+        .mapInArrow(lambda batches: _rows_from_cells(batches, names), vector_schema)
     )
     ids = entities.select(row_id, row_idx)
     if entities.count() <= broadcast_limit:
@@ -96,36 +95,41 @@ def build_rows(
     return vectors.join(ids, row_idx).select(*schema.names)
 
 
-def _rows_from_sorted_cells(
-    batches: Iterator[pa.RecordBatch], names: list[str]
-) -> Iterator[pa.RecordBatch]:
-    """Cut a stream of cells sorted by their key into one list-array row per row idx.
+#: Cells per output batch: rows are cut into Arrow batches of about this many cells (a row
+#: longer than that is one batch of its own).
+BATCH_CELLS = 1 << 20
 
-    A row may span Arrow batches: the trailing row of each batch is carried into the next
-    (pieces are kept in a list and concatenated once, so a huge row costs linear time).
+
+def _rows_from_cells(
+    batches: Iterator[pa.RecordBatch], names: list[str], batch_cells: int = BATCH_CELLS
+) -> Iterator[pa.RecordBatch]:
+    """One list-array row per row idx from a partition's cells, in any order.
+
+    The partition's cells are gathered and ordered by their key in numpy (one argsort: several
+    times cheaper than Spark's sort of the same rows), then cut into batches at row boundaries.
+    A task holds its partition's cells, 12 bytes each, twice: raise
+    ``spark.sql.shuffle.partitions`` to bound it.
     """
-    keys: list[np.ndarray] = []
-    values: list[np.ndarray] = []
-    pending_row = None
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        key = batch.column(0).to_numpy()
-        value = batch.column(1).to_numpy()
-        first_row, last_row = key[0] >> _ROW_SHIFT, key[-1] >> _ROW_SHIFT
-        if keys and first_row == last_row == pending_row:
-            keys.append(key)  # the whole batch continues the pending row
-            values.append(value)
-            continue
-        if keys:
-            key, value = np.concatenate([*keys, key]), np.concatenate([*values, value])
-        # Start of the last (maybe incomplete) row: its smallest possible key.
-        last_start = int(np.searchsorted(key, last_row << _ROW_SHIFT, side="left"))
-        if last_start > 0:
-            yield _assemble(key[:last_start], value[:last_start], names)
-        keys, values, pending_row = [key[last_start:]], [value[last_start:]], last_row
-    if keys:
-        yield _assemble(np.concatenate(keys), np.concatenate(values), names)
+    parts = [(b.column(0).to_numpy(), b.column(1).to_numpy()) for b in batches if b.num_rows]
+    if not parts:
+        return
+    key = np.concatenate([k for k, _ in parts])
+    value = np.concatenate([v for _, v in parts])
+    del parts
+    order = np.argsort(key)
+    key, value = key[order], value[order]
+    del order
+    row = key >> _ROW_SHIFT
+    start = 0
+    while start < len(key):
+        # Cut before the first cell of the row that holds cell start + batch_cells.
+        stop = min(start + batch_cells, len(key))
+        if stop < len(key):
+            stop = int(np.searchsorted(row, row[stop], side="left"))
+            if stop <= start:  # one row longer than a batch
+                stop = int(np.searchsorted(row, row[start], side="right"))
+        yield _assemble(key[start:stop], value[start:stop], names)
+        start = stop
 
 
 def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:

@@ -20,7 +20,7 @@ from mfspark.autoencoder import (
     _TEST_BIT,
     _VALUE,
     _assemble,
-    _rows_from_sorted_cells,
+    _rows_from_cells,
     build_rows,
     iter_batches,
     run_build_autoencoder_inputs,
@@ -186,19 +186,25 @@ def sorted_cells(rng, n_rows: int, big_row: int) -> tuple[np.ndarray, np.ndarray
     return key, rng.integers(1, 11, len(key)).astype(np.float32) / 2
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 7, 10_000])
-def test_assembly_across_arrow_batches(batch_size):
+@pytest.mark.parametrize(("batch_size", "batch_cells"), [(1, 5), (3, 1), (7, 64), (10_000, 1 << 20)])
+def test_assembly_of_shuffled_cells_across_arrow_batches(batch_size, batch_cells):
     rng = np.random.default_rng(1)
     key, value = sorted_cells(rng, 30, big_row=10)
+    shuffled = rng.permutation(len(key))  # cells arrive in any order
     names = C.ae_schema("by_item", T.LongType()).names[1:]
     batches = [
         pa.RecordBatch.from_arrays(
-            [pa.array(key[s : s + batch_size]), pa.array(value[s : s + batch_size])], [_KEY, _VALUE]
+            [pa.array(key[shuffled][s : s + batch_size]), pa.array(value[shuffled][s : s + batch_size])],
+            [_KEY, _VALUE],
         )
         for s in range(0, len(key), batch_size)
     ]
     batches.insert(1, batches[0].slice(0, 0))  # empty batches are skipped
-    out = pa.Table.from_batches(list(_rows_from_sorted_cells(iter(batches), names))).to_pandas()
+    produced = list(_rows_from_cells(iter(batches), names, batch_cells))
+    # Rows are never split: at most one row per batch goes past batch_cells.
+    sizes = [sum(b.column(C.N_TRAIN).to_numpy() + b.column(C.N_TEST).to_numpy()) for b in produced]
+    assert all(size <= batch_cells or b.num_rows == 1 for size, b in zip(sizes, produced, strict=True))
+    out = pa.Table.from_batches(produced).to_pandas()
 
     rows = key >> _ROW_SHIFT
     assert out[C.ITEM_IDX].tolist() == sorted(set(rows.tolist()))
