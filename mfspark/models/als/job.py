@@ -22,7 +22,7 @@ from mfspark.io import HadoopFS, read_manifest, update_manifest
 from mfspark.models.als.spark import SparkBlockSolver, choose_exchange
 from mfspark.models.als.train import ALSParams, ALSResult, ALSState, run_als
 from mfspark.models.factor_model import FactorModel
-from mfspark.models.outputs import write_model_stage
+from mfspark.models.outputs import test_predictions, write_model_stage
 from mfspark.prepare import Prepared
 
 log = logging.getLogger(__name__)
@@ -178,12 +178,7 @@ def run_train_als(cfg: Config, spark: SparkSession) -> dict:
         spark, prepared.train, prepared.test, prepared.users, prepared.items, cfg
     )
     fit_seconds = time.time() - started
-    test = prepared.test.select(
-        C.USER_ID, C.ITEM_ID, C.USER_IDX, C.ITEM_IDX, C.RATING, C.COLD_USER, C.COLD_ITEM
-    )
-    predictions = model.predict_indexed(test).select(
-        C.USER_ID, C.ITEM_ID, C.USER_IDX, C.ITEM_IDX, C.RATING, C.PREDICTION, C.COLD_USER, C.COLD_ITEM
-    )
+    predictions = test_predictions(model, prepared.test)
     with model:  # the model's prediction broadcast lives until the predictions are written
         write_model_stage(
             spark,
