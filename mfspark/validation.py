@@ -64,6 +64,19 @@ def check_rows(parsed: DataFrame, data: DataConfig) -> DataFrame:
     no such pair, and none of their rows is sorted.
     """
     checked = persist_uncompressed(parsed.withColumn(C.REASON, row_reason(data)).drop(PARSE_ERROR))
+    try:
+        result = _mark_duplicates(checked)
+    except BaseException:
+        checked.unpersist()  # a failed check leaves nothing cached
+        raise
+    if result is not checked:
+        checked.unpersist()
+    return result
+
+
+def _mark_duplicates(checked: DataFrame) -> DataFrame:
+    """``checked`` itself when no valid (user, item) pair repeats, else a persisted,
+    materialised copy whose older ratings of repeated pairs are marked ``duplicate``."""
     pair = [C.USER_ID, C.ITEM_ID]
     repeated = (
         checked.where(F.col(C.REASON).isNull())
@@ -73,31 +86,36 @@ def check_rows(parsed: DataFrame, data: DataConfig) -> DataFrame:
         .select(*pair, F.lit(True).alias(_REPEATED))
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    n_repeated = repeated.count()  # also materialises ``checked``
-    if not n_repeated:
+    try:
+        n_repeated = repeated.count()  # also materialises ``checked``
+        if not n_repeated:
+            return checked
+        flagged = checked.join(
+            F.broadcast(repeated) if n_repeated <= BROADCAST_PAIRS else repeated, pair, "left"
+        )
+        # Valid rows of a repeated pair are ranked newest first. Invalid rows sit in groups of
+        # their own (the reason is part of the key) and are never ranked.
+        latest_first = Window.partitionBy(*pair, C.REASON).orderBy(
+            F.col(C.TIMESTAMP).desc_nulls_last(),
+            F.col(C.RATING).desc(),
+            F.col(C.LINE).desc(),
+            F.col(SOURCE).desc(),
+        )
+        is_older = F.col(C.REASON).isNull() & (F.row_number().over(latest_first) > 1)
+        ranked = flagged.where(F.col(_REPEATED).isNotNull()).withColumn(
+            C.REASON, F.when(is_older, F.lit(C.REASON_DUPLICATE)).otherwise(F.col(C.REASON))
+        )
+        result = persist_uncompressed(
+            flagged.where(F.col(_REPEATED).isNull()).unionByName(ranked).drop(_REPEATED)
+        )
+        try:
+            result.count()
+        except BaseException:
+            result.unpersist()
+            raise
+        return result
+    finally:
         repeated.unpersist()
-        return checked
-    flagged = checked.join(
-        F.broadcast(repeated) if n_repeated <= BROADCAST_PAIRS else repeated, pair, "left"
-    )
-    # Valid rows of a repeated pair are ranked newest first. Invalid rows sit in groups of
-    # their own (the reason is part of the key) and are never ranked.
-    latest_first = Window.partitionBy(*pair, C.REASON).orderBy(
-        F.col(C.TIMESTAMP).desc_nulls_last(),
-        F.col(C.RATING).desc(),
-        F.col(C.LINE).desc(),
-        F.col(SOURCE).desc(),
-    )
-    is_older = F.col(C.REASON).isNull() & (F.row_number().over(latest_first) > 1)
-    ranked = flagged.where(F.col(_REPEATED).isNotNull()).withColumn(
-        C.REASON, F.when(is_older, F.lit(C.REASON_DUPLICATE)).otherwise(F.col(C.REASON))
-    )
-    result = persist_uncompressed(
-        flagged.where(F.col(_REPEATED).isNull()).unionByName(ranked).drop(_REPEATED)
-    )
-    result.count()
-    checked.unpersist(), repeated.unpersist()
-    return result
 
 
 def persist_uncompressed(df: DataFrame) -> DataFrame:
