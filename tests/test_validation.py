@@ -180,3 +180,20 @@ def test_identical_rows_keep_exactly_one_and_the_choice_does_not_depend_on_order
     sources = [r.source.rsplit("/", 1)[-1] for r in rejected_rows(checked, parsed.raw).collect()]
     assert sources == ["part-0.parquet", "part-0.parquet"]
     checked.unpersist()
+
+
+@pytest.mark.parametrize("before", [None, "true", "false"])
+def test_uncompressed_persist_restores_the_session_setting(spark, before):
+    key = "spark.sql.inMemoryColumnarStorage.compressed"
+    if before is None:
+        spark.conf.unset(key)
+    else:
+        spark.conf.set(key, before)
+    default = spark.conf.get(key)
+    df = validation.persist_uncompressed(spark.range(10))
+    try:
+        assert df.count() == 10 and df.is_cached
+        assert spark.conf.get(key) == default  # restored, whatever it was
+    finally:
+        df.unpersist()
+        spark.conf.unset(key)
