@@ -247,3 +247,27 @@ def test_estimator_in_pipeline_crossvalidator_with_string_ids(spark, tmp_path, s
     # factors are exposed like Spark's ALS: id, features (+ bias)
     user_factors = best.stages[0].userFactors
     assert user_factors.columns == ["id", "features", "bias"] and user_factors.count() == 30
+
+
+def test_python_workers_run_blas_on_one_thread_and_numpy_without_huge_pages(spark):
+    """The worker environment applies before numpy is imported in the workers."""
+    from mfspark.session import WORKER_ENV
+
+    def report(_):
+        import os
+
+        import numpy
+
+        yield (
+            {var: os.environ.get(var) for var in WORKER_ENV},
+            bool(numpy._core.multiarray._get_madvise_hugepage()),
+        )
+
+    for env, huge_pages in spark.sparkContext.parallelize([0, 1], 2).mapPartitions(report).collect():
+        assert env == {
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "NUMPY_MADVISE_HUGEPAGE": "0",
+        }
+        assert huge_pages is False
