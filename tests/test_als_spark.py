@@ -258,9 +258,10 @@ def test_python_workers_run_blas_on_one_thread_and_numpy_without_huge_pages(spar
 
         import numpy
 
+        core = getattr(numpy, "_core", None) or numpy.core  # numpy 2 / numpy 1.26
         yield (
             {var: os.environ.get(var) for var in WORKER_ENV},
-            bool(numpy._core.multiarray._get_madvise_hugepage()),
+            bool(core.multiarray._get_madvise_hugepage()),
         )
 
     for env, huge_pages in spark.sparkContext.parallelize([0, 1], 2).mapPartitions(report).collect():
