@@ -217,7 +217,8 @@ def run_prepare(cfg: Config, spark: SparkSession) -> dict:
                     StorageLevel.MEMORY_AND_DISK
                 )
                 cached.append(test_checked)
-                counts = counts + count_reasons(test_checked)
+                counts = counts + count_reasons(test_checked)  # materialises test_checked
+                test_rows.unpersist()  # only test_checked is read from here on
                 rejected = rejected.unionByName(rejected_rows(test_checked, test_parsed.raw))
                 test_valid = valid_rows(test_checked)
             if counts.blank_lines:
