@@ -113,10 +113,6 @@ def test_memory_counts_pages_shared_by_a_forked_child_once():
 
     from mfspark.benchmark import _memory_mb
 
-    def rss_mb(pid):
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
-
     shared = np.ones(64 * 2**20 // 8)  # 64 MB, touched
     read, write = os.pipe()
     child = os.fork()
@@ -129,9 +125,9 @@ def test_memory_counts_pages_shared_by_a_forked_child_once():
         os.close(write)
         assert os.read(read, 1) == b"x"
         pids = (os.getpid(), child)
-        both_rss = sum(rss_mb(p) for p in pids)
+        both_rss = sum(_memory_mb(p, proportional=False) for p in pids)
         both_pss = sum(_memory_mb(p) for p in pids)
-        mine = rss_mb(os.getpid())
+        mine = _memory_mb(os.getpid(), proportional=False)
         assert both_rss > mine + 60  # the child's resident set holds the 64 MB again
         assert both_pss < mine + 40  # the proportional sizes hold it once
     finally:
