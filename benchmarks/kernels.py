@@ -2,12 +2,13 @@
 
 For each rank it builds one block shaped like a MovieLens-20M user block (users with a
 heavy-tailed number of ratings against a fixed side of items), then times the normal
-equations of the whole block with the *sparse* strategy (packed outer products, CSR × dense,
-on the column tiles it is stored in) and the *dense* strategy (padded gathers, batched BLAS-3
-products, on one tile), in float32 on one core. It prints seconds and GFLOP/s, counting the
-same useful work for both: the upper triangle of the (k+1)×(k+1) Gram matrix plus the
-right-hand side, two flops per multiply-add, per rating. ``DENSE_FROM_RANK`` in
-``mfspark/blocks/rows.py`` is where the dense strategy starts to win on this machine.
+equations of the whole block with each Gram strategy, in float32 on one core: *compiled*
+(numba, one pass per row), *sparse* (packed outer products, CSR × dense, on the column tiles
+it is stored in) and *dense* (padded gathers, batched BLAS-3 products, on one tile). It prints
+seconds and GFLOP/s, counting the same useful work for all: the upper triangle of the
+(k+1)×(k+1) Gram matrix plus the right-hand side, two flops per multiply-add, per rating; and
+the seconds of a whole ALS half-step (the same products, then the penalty and the solves).
+``gram_strategy`` in ``mfspark/blocks/rows.py`` picks the winner for ``"auto"``.
 
     python benchmarks/kernels.py [--ranks 10 20 50 100] [--rows 20000] [--repeat 3]
 """
@@ -23,6 +24,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core, as in a Spark ta
 import numpy as np  # noqa: E402
 
 from mfspark.blocks.rows import RatingRows, normal_equations, tile_width  # noqa: E402
+from mfspark.models.als.kernels import Regularization, half_step  # noqa: E402
 
 
 def block(rows: int, fixed: int, mean_count: float, seed: int = 0):
@@ -55,24 +57,46 @@ def main() -> None:
     args = parser.parse_args()
     r, c, v = block(args.rows, args.fixed, args.mean_count)
     print(f"block: {args.rows:,} rows x {args.fixed:,} fixed, {len(r):,} ratings; float32, one core")
-    print(f"{'rank':>5} {'strategy':>8} {'tile':>10} {'seconds':>8} {'GFLOP/s':>8}")
+    print(f"{'rank':>5} {'strategy':>8} {'tile':>10} {'seconds':>8} {'GFLOP/s':>8} {'half-step s':>11}")
+    reg = Regularization(0.05, 0.05, "count")
     rng = np.random.default_rng(1)
     for k in args.ranks:
         factors = rng.normal(0, 0.3, (args.fixed, k)).astype(np.float32)
         bias = rng.normal(0, 0.3, args.fixed).astype(np.float32)
         dim = k + 1
         flops = 2.0 * len(r) * (dim * (dim + 1) / 2 + dim)
-        for strategy in ("sparse", "dense"):
+        for strategy in ("compiled", "sparse", "dense"):
             width = tile_width(k, strategy)
             rows = RatingRows.from_coo(r, c, v, np.arange(args.rows), width)
-            best = float("inf")
-            for _ in range(args.repeat):
-                t = time.perf_counter()
-                for _eq in normal_equations(rows, factors, bias, 3.5, np.float32, strategy=strategy):
+
+            fixed = (factors, bias, 3.5)
+
+            def gram(rows=rows, strategy=strategy, fixed=fixed):
+                for _eq in normal_equations(rows, *fixed, np.float32, strategy=strategy):
                     pass
-                best = min(best, time.perf_counter() - t)
+
+            def solve(rows=rows, strategy=strategy, fixed=fixed):
+                half_step(rows, *fixed, reg, np.float32, strategy=strategy)
+
+            gram_s, solve_s = best_of(gram, args.repeat), best_of(solve, args.repeat)
             tile = "one" if rows.n_tiles == 1 else f"{rows.tile_width}"
-            print(f"{k:>5} {strategy:>8} {tile:>10} {best:>8.3f} {flops / best / 1e9:>8.2f}", flush=True)
+            print(
+                f"{k:>5} {strategy:>8} {tile:>10} {gram_s:>8.3f} {flops / gram_s / 1e9:>8.2f}"
+                f" {solve_s:>11.3f}",
+                flush=True,
+            )
+
+
+def best_of(run, repeat: int) -> float:
+    """The fastest of ``repeat`` timed calls, after one untimed call (which compiles the
+    compiled strategy's kernels in this process)."""
+    run()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 if __name__ == "__main__":

@@ -221,11 +221,12 @@ class ALSConfig:
     gram_strategy: str = field(
         default="auto",
         metadata=_doc(
-            "How the per-row Gram matrices are formed: `sparse` (packed outer products, "
-            "CSR x dense: fastest at small ranks), `dense` (gathered rows, batched BLAS-3: "
-            "fastest at large ranks) or `auto` (dense from rank 20, the crossover measured by "
+            "How the per-row normal equations are formed and solved: `compiled` (one "
+            "compiled pass per row: gather, Gram matrix, Cholesky solve; numba), `sparse` "
+            "(numpy: packed outer products, CSR x dense), `dense` (numpy: gathered rows, "
+            "batched BLAS-3) or `auto` (compiled: the fastest at every rank measured by "
             "benchmarks/kernels.py). Same results up to float rounding.",
-            choices=("auto", "sparse", "dense"),
+            choices=("auto", "compiled", "sparse", "dense"),
         ),
     )
     exchange: str = field(

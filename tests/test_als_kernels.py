@@ -27,7 +27,7 @@ def planted(rng, n_users, n_items, nnz, rank, noise, mu=3.5):
     return u, i, clean + rng.normal(0, noise, nnz), clean
 
 
-@pytest.mark.parametrize("strategy", ["sparse", "dense"])
+@pytest.mark.parametrize("strategy", ["compiled", "sparse", "dense"])
 @pytest.mark.parametrize("scaling,width", [("none", 16), ("count", 16), ("none", None)])
 def test_block_solver_equals_per_row_solve(scaling, width, strategy, monkeypatch):
     import mfspark.blocks.rows as K
@@ -64,15 +64,58 @@ def test_block_solver_equals_per_row_solve(scaling, width, strategy, monkeypatch
         assert got.sse == pytest.approx(sse, rel=1e-9 if dtype == np.float64 else 1e-4)
 
 
-def test_gram_strategy_by_rank_and_its_tiles():
-    from mfspark.blocks.rows import DENSE_FROM_RANK, ONE_TILE, gram_strategy, padded_length, tile_width
+@pytest.mark.parametrize("strategy", ["compiled", "sparse", "dense"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_normal_equations_equal_per_row_products(strategy, dtype):
+    """G_i = Xᵢᵀ Xᵢ, b_i = Xᵢᵀ t_i and Σ t² per row, against numpy on each row's own gathered
+    matrix; tiles, chunks, an odd and an even k + 1, and rows without ratings."""
+    from mfspark.blocks.rows import normal_equations
 
-    assert gram_strategy(10) == "sparse" and gram_strategy(50) == "dense"
-    assert gram_strategy(DENSE_FROM_RANK - 1) == "sparse" and gram_strategy(DENSE_FROM_RANK) == "dense"
+    rng = np.random.default_rng(7)
+    for k, width in ((5, 16), (6, None)):
+        rows, cols, vals = random_ratings(rng, 90, 50, 1500)
+        block = RatingRows.from_coo(rows, cols, vals, entities=np.arange(93), width=width)
+        fixed = rng.normal(0, 0.5, (50, k)).astype(dtype)
+        bias = rng.normal(0, 0.3, 50).astype(dtype)
+        pieces = list(
+            normal_equations(block, fixed, bias, 3.2, dtype, 40, row_sums=True, strategy=strategy)
+        )
+        assert [(p.start, p.stop) for p in pieces] == [(0, 40), (40, 80), (80, 93)]
+        gram = np.concatenate([p.gram for p in pieces])
+        rhs = np.concatenate([p.rhs for p in pieces])
+        row_sq = np.concatenate([p.row_target_sq for p in pieces])
+        rtol = 1e-12 if dtype == np.float64 else 1e-5
+        for r in range(93):
+            mine = rows == r
+            x = np.hstack([fixed[cols[mine]].astype(np.float64), np.ones((mine.sum(), 1))])
+            t = vals[mine].astype(np.float32).astype(np.float64) - 3.2 - bias[cols[mine]]
+            np.testing.assert_allclose(gram[r], x.T @ x, rtol=rtol, atol=rtol)
+            atol = 1e-4 if dtype == np.float32 else 1e-9
+            np.testing.assert_allclose(rhs[r], x.T @ t, rtol=rtol, atol=atol)
+            assert row_sq[r] == pytest.approx(t @ t, rel=rtol, abs=1e-4)
+        assert sum(p.target_sq for p in pieces) == pytest.approx(row_sq.sum(), rel=max(rtol, 1e-9) * 10)
+
+
+@pytest.mark.parametrize("strategy", ["compiled", "sparse"])
+def test_unregularised_rows_with_too_few_ratings_are_a_clear_error(strategy):
+    rows = np.array([0, 0, 1, 1, 1, 1])
+    cols = np.array([0, 1, 0, 1, 2, 3])
+    block = RatingRows.from_coo(rows, cols, np.full(6, 4.0))
+    fixed = np.random.default_rng(0).normal(0, 1, (4, 3))
+    with pytest.raises(np.linalg.LinAlgError, match="fewer ratings than rank"):
+        unregularised = Regularization(0.0, 0.0)
+        half_step(block, fixed, np.zeros(4), 3.0, unregularised, np.float64, strategy=strategy)
+
+
+def test_gram_strategy_by_rank_and_its_tiles():
+    from mfspark.blocks.rows import ONE_TILE, gram_strategy, padded_length, tile_width
+
+    assert gram_strategy(10) == "compiled" and gram_strategy(50) == "compiled"
     assert gram_strategy(100, "sparse") == "sparse" and gram_strategy(2, "dense") == "dense"
-    with pytest.raises(ValueError, match="one of auto, sparse, dense"):
+    with pytest.raises(ValueError, match="one of auto, compiled, sparse, dense"):
         gram_strategy(10, "fast")
-    assert tile_width(10, "dense") == ONE_TILE and tile_width(10) < ONE_TILE
+    assert tile_width(10) == ONE_TILE and tile_width(50, "dense") == ONE_TILE
+    assert tile_width(10, "sparse") < ONE_TILE
     counts = np.arange(1, 5000)
     length = padded_length(counts)
     assert (length >= counts).all() and (length >= 8).all()
@@ -100,7 +143,8 @@ def test_in_place_product_equals_public_scipy_product(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize(
-    "strategy,width", [("sparse", None), ("sparse", 16), ("dense", None), ("dense", 16)]
+    "strategy,width",
+    [(s, w) for s in ("compiled", "sparse", "dense") for w in (None, 16)],
 )
 def test_block_split_does_not_change_rows(strategy, width, monkeypatch):
     import mfspark.blocks.rows as K

@@ -62,12 +62,13 @@ PARAMS = ALSParams(rank=4, max_iter=6, tol=0.0, clip=(1.0, 5.0))
 @pytest.mark.parametrize(
     "kernel",
     [
-        {},  # the defaults: one column tile, one chunk
+        {},  # the defaults: the compiled kernel, one column tile
         # several column tiles, chunks and (dense) batches per block: the paths large data takes
+        {"gram": "compiled", "tile": 64},
         {"gram": "sparse", "tile": 64, "chunk_rows": 16},
         {"gram": "dense", "chunk_rows": 16, "batch_cells": 64},
     ],
-    ids=["default", "sparse-tiled", "dense-batched"],
+    ids=["default", "compiled-tiled", "sparse-tiled", "dense-batched"],
 )
 def test_spark_solver_equals_local_solver_and_ignores_blocking(spark, ratings, kernel):
     import dataclasses

@@ -16,11 +16,14 @@ ratings, with the augmented vectors ũ_j = [u_j, 1]:
 * the right-hand sides are the CSR of targets t_ij = r_ij − μ − c_j times Ũ.
 
 That *sparse* strategy streams (k+1)(k+2)/2 packed values per rating: memory-bound, and the
-cost grows with k². For larger ranks the *dense* strategy is faster: each row's fixed-side
-vectors are gathered into a padded (length × (k+1)) matrix and G_i = Xᵢᵀ Xᵢ, b_i = Xᵢᵀ t_i
-are batched dense matrix products (BLAS-3), rows grouped by their padded length. Which one
-runs is chosen by rank (:func:`gram_strategy`, from ``benchmarks/kernels.py`` on a 2-core
-machine); both give the same sums up to float rounding.
+cost grows with k². The *dense* strategy gathers each row's fixed-side vectors into a padded
+(length × (k+1)) matrix and forms G_i = Xᵢᵀ Xᵢ, b_i = Xᵢᵀ t_i as batched dense matrix products
+(BLAS-3), rows grouped by their padded length. The *compiled* strategy
+(:mod:`mfspark.blocks.compiled`) does the same gather and products row by row in machine code,
+in cache and without per-call overhead: on one core it is faster than both at every rank
+measured (``benchmarks/kernels.py``, ranks 10-100), so ``"auto"`` picks it
+(:func:`gram_strategy`). All three give the same sums up to float rounding; the numpy two stay
+selectable (``als.gram_strategy``) and serve as cross-checks in the tests.
 
 No Python loop runs over rows or ratings. Each row's arithmetic depends only on its own
 ratings (kept in ascending column order; in the dense strategy padded to a length that is a
@@ -61,27 +64,23 @@ def chunk_size(dim: int, chunk_rows: int = CHUNK_ROWS) -> int:
     return max(1, min(int(chunk_rows), CHUNK_GRAM_VALUES // (dim * dim)))
 
 
-#: Ranks from which the dense (BLAS-3) Gram strategy is used; see gram_strategy. Measured by
-#: ``benchmarks/kernels.py`` (one core, float32, a 20M-shaped block): the sparse strategy is
-#: 2.0x faster at rank 10 and 1.15x at 16; the dense one 1.4x faster at 20, 2.1x at 30, 3.9x at
-#: 50 and 14x at 100.
-DENSE_FROM_RANK = 20
-
 #: Padded cells (rows × padded length) per batch of the dense strategy: bounds its
 #: (cells × (k+1)) gathered operand (13 MB at rank 50). From 2^14 to 2^18 cells the speed is
 #: the same within 10 % at ranks 20-100 (benchmarks/kernels.py's block).
 DENSE_BATCH_CELLS = 1 << 16
 
-STRATEGIES = ("auto", "sparse", "dense")
+STRATEGIES = ("auto", "compiled", "sparse", "dense")
 
 
 def gram_strategy(rank: int, strategy: str = "auto") -> str:
-    """The Gram strategy for ``rank``: ``strategy`` itself unless it is ``"auto"``."""
+    """The Gram strategy for ``rank``: ``strategy`` itself unless it is ``"auto"``, which is
+    ``"compiled"`` at every rank. Measured by ``benchmarks/kernels.py`` (one core, float32, a
+    20M-shaped block of 1.8M ratings, Gram matrices and right-hand sides): compiled 2.4x
+    faster than sparse at rank 10, and 1.9x faster than dense at rank 50. The rank stays an
+    argument so that a future crossover needs no change of signature."""
     if strategy not in STRATEGIES:
         raise ValueError(f"Gram strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    if strategy != "auto":
-        return strategy
-    return "dense" if rank >= DENSE_FROM_RANK else "sparse"
+    return "compiled" if strategy == "auto" else strategy
 
 
 def padded_length(counts: np.ndarray) -> np.ndarray:
@@ -98,16 +97,17 @@ def padded_length(counts: np.ndarray) -> np.ndarray:
 CACHE_BYTES = 1 << 20
 
 
-#: The tile width meaning "one tile": the dense strategy reads no packed products, so it
-#: gains nothing from tiles, and one tile keeps a block's index (tiles × rows) small.
+#: The tile width meaning "one tile": the dense and compiled strategies read no packed
+#: products, so they gain nothing from tiles, and one tile keeps a block's index (tiles ×
+#: rows) small.
 ONE_TILE = 1 << 30
 
 
 def tile_width(rank: int, strategy: str = "auto") -> int:
     """Fixed-side entities per column tile for ``rank``: for the sparse strategy a power of
-    two whose packed outer products fit in ``CACHE_BYTES``; for the dense strategy one tile
-    (a function of the rank only, so results never depend on blocking)."""
-    if gram_strategy(rank, strategy) == "dense":
+    two whose packed outer products fit in ``CACHE_BYTES``; for the others one tile (a
+    function of the rank only, so results never depend on blocking)."""
+    if gram_strategy(rank, strategy) != "sparse":
         return ONE_TILE
     per_entity = (rank + 1) * (rank + 2) // 2 * 4
     return int(2 ** max(6, int(np.log2(max(1, CACHE_BYTES // per_entity)))))
@@ -345,15 +345,21 @@ def normal_equations(
 ) -> Iterator[NormalEquations]:
     """G_i and b_i (module docstring) for every row of ``block``, chunk by chunk.
 
-    ``dtype`` is the precision of the products (float32 is ~2x faster); the returned arrays
+    ``dtype`` is the precision of the products (float32 is faster); the returned arrays
     are float64, ready for a solve or a Cholesky factorisation. ``row_sums`` also returns
-    Σ_j t_ij² per row, for a per-row squared error. ``strategy`` is ``"sparse"``,
-    ``"dense"`` or ``"auto"`` (by rank: :func:`gram_strategy`); ``batch_cells`` bounds a
-    dense batch (default ``DENSE_BATCH_CELLS``).
+    Σ_j t_ij² per row, for a per-row squared error. ``strategy`` is one of ``STRATEGIES``
+    (:func:`gram_strategy`); ``batch_cells`` bounds a dense batch (default
+    ``DENSE_BATCH_CELLS``).
     """
     k = fixed_factors.shape[1]
     chunk_rows = chunk_size(k + 1, chunk_rows)
-    if gram_strategy(k, strategy) == "dense":
+    chosen = gram_strategy(k, strategy)
+    if chosen == "compiled":
+        yield from _compiled_normal_equations(
+            block, fixed_factors, fixed_bias, global_mean, dtype, chunk_rows, row_sums
+        )
+        return
+    if chosen == "dense":
         yield from _dense_normal_equations(
             block,
             fixed_factors,
@@ -503,4 +509,42 @@ def _dense_normal_equations(
             cnt,
             float(np.einsum("i,i->", target[:-1], target[:-1], dtype=np.float64)),
             row_sq if row_sums else None,
+        )
+
+
+def compiled_operands(block: RatingRows, fixed_factors, fixed_bias, global_mean, dtype) -> tuple:
+    """The arguments of the compiled kernels (:mod:`mfspark.blocks.compiled`) that describe a
+    block and its fixed side: tiles, columns, values, tile width, Ũ's factors, biases and μ,
+    in the product precision ``dtype`` (which fixes the compiled specialisation)."""
+    dtype = np.dtype(dtype).type
+    return (
+        np.ascontiguousarray(block.indptr, dtype=np.int64),
+        np.ascontiguousarray(block.cols, dtype=np.int32),
+        np.ascontiguousarray(block.values, dtype=np.float32),
+        int(block.tile_width),
+        np.ascontiguousarray(fixed_factors, dtype=dtype),
+        np.ascontiguousarray(fixed_bias, dtype=dtype),
+        dtype(global_mean),
+    )
+
+
+def _compiled_normal_equations(
+    block: RatingRows, fixed_factors, fixed_bias, global_mean, dtype, chunk_rows: int, row_sums: bool
+) -> Iterator[NormalEquations]:
+    """The compiled strategy (module docstring), chunk by chunk."""
+    from mfspark.blocks.compiled import gram_rows
+
+    indptr, cols, values, width, u, bias, mean = compiled_operands(
+        block, fixed_factors, fixed_bias, global_mean, dtype
+    )
+    dim = u.shape[1] + 1
+    counts = block.counts()
+    for start in range(0, block.n_rows, chunk_rows):
+        stop = min(start + chunk_rows, block.n_rows)
+        gram = np.empty((stop - start, dim, dim))
+        rhs = np.empty((stop - start, dim))
+        row_sq = np.empty(stop - start)
+        total = gram_rows(indptr, cols, values, width, start, stop, u, bias, mean, gram, rhs, row_sq)
+        yield NormalEquations(
+            start, stop, gram, rhs, counts[start:stop], float(total), row_sq if row_sums else None
         )

@@ -13,10 +13,13 @@ vectors ũ_j = [u_j, 1] and w̃_i = [w_i, b_i]:
 
     (Σ_j∈Ω_i ũ_j ũ_jᵀ + s_i diag(λ_f,…,λ_f, λ_b)) w̃_i = Σ_j∈Ω_i (r_ij − μ − c_j) ũ_j
 
-The Gram matrices and right-hand sides of a whole block come from the shared
-:func:`mfspark.blocks.rows.normal_equations`; this module adds the penalty and one batched
-``np.linalg.solve`` (float64) for all systems. No Python loop runs over users, items or
-ratings, and a row gets bit-identical results whichever block it is in.
+With the compiled Gram strategy (the default) one compiled pass per row forms the system,
+adds the penalty and solves it by Cholesky (:func:`mfspark.blocks.compiled.als_rows`), so no
+array of Gram matrices exists. With the numpy strategies the Gram matrices and right-hand
+sides of a whole block come from the shared :func:`mfspark.blocks.rows.normal_equations`, and
+this module adds the penalty and one batched ``np.linalg.solve`` (float64) for all systems.
+No Python loop runs over users, items or ratings, and a row gets bit-identical results
+whichever block it is in.
 
 The squared error of the solved rows comes free from the normal equations:
 Σ_j (t_ij − w̃_iᵀũ_j)² = Σ_j t_ij² − 2 w̃_iᵀ b_i + w̃_iᵀ G_i w̃_i.
@@ -28,7 +31,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mfspark.blocks.rows import CHUNK_ROWS, RatingRows, normal_equations
+from mfspark.blocks.rows import (
+    CHUNK_ROWS,
+    RatingRows,
+    compiled_operands,
+    gram_strategy,
+    normal_equations,
+)
+
+SINGULAR = (
+    "singular ALS normal equations: some rows have fewer ratings than rank + 1; "
+    "use a positive regularisation (als.reg, als.reg_bias)"
+)
 
 
 @dataclass(frozen=True)
@@ -77,29 +91,52 @@ def half_step(
 ) -> HalfStepResult:
     """Solve every row of ``block`` with the other side fixed (see module docstring).
 
-    ``dtype`` is the precision of the products (float32 is ~2x faster; the solve is always
+    ``dtype`` is the precision of the products (float32 is faster; the solve is always
     float64) and of the returned factors; ``strategy`` the Gram strategy
     (:func:`mfspark.blocks.rows.gram_strategy`); ``chunk_rows`` and ``batch_cells`` bound
     its work arrays.
     """
     k = fixed_factors.shape[1]
-    dim = k + 1
     reg_diag = np.array([reg.reg] * k + [reg.reg_bias], dtype=np.float64)
     counts = block.counts()
     factors = np.zeros((block.n_rows, k), dtype=dtype)
     row_bias = np.zeros(block.n_rows, dtype=dtype)
-    sse = 0.0
-    diagonal = np.arange(dim)
-    equations = normal_equations(
-        block,
-        fixed_factors,
-        fixed_bias,
-        global_mean,
-        dtype,
-        chunk_rows,
-        strategy=strategy,
-        batch_cells=batch_cells,
+    if gram_strategy(k, strategy) == "compiled":
+        from mfspark.blocks.compiled import als_rows
+
+        operands = compiled_operands(block, fixed_factors, fixed_bias, global_mean, dtype)
+        sse, singular = als_rows(*operands, reg_diag, reg.scaling == "count", factors, row_bias)
+        if singular >= 0:
+            raise np.linalg.LinAlgError(SINGULAR)
+    else:
+        equations = normal_equations(
+            block,
+            fixed_factors,
+            fixed_bias,
+            global_mean,
+            dtype,
+            chunk_rows,
+            strategy=strategy,
+            batch_cells=batch_cells,
+        )
+        sse = _solve(equations, reg, reg_diag, factors, row_bias)
+    return HalfStepResult(
+        rows=block.rows,
+        factors=factors,
+        bias=row_bias,
+        counts=counts,
+        sse=max(float(sse), 0.0),
+        penalty=reg.penalty(factors, row_bias, counts),
     )
+
+
+def _solve(equations, reg: Regularization, reg_diag, factors, row_bias) -> float:
+    """Add the penalty to each chunk's normal equations, solve them in one batched solve into
+    ``factors`` and ``row_bias``, and return the rows' squared error."""
+    k = factors.shape[1]
+    dim = k + 1
+    diagonal = np.arange(dim)
+    sse = 0.0
     for eq in equations:
         system, cnt = eq.gram, eq.counts
         penalty_diag = reg.row_scale(cnt)[:, None] * reg_diag  # Λ_i, (n, dim)
@@ -109,10 +146,7 @@ def half_step(
         try:
             solution = np.linalg.solve(system, eq.rhs[:, :, None])[:, :, 0]
         except np.linalg.LinAlgError:
-            raise np.linalg.LinAlgError(
-                "singular ALS normal equations: some rows have fewer ratings than rank + 1; "
-                "use a positive regularisation (als.reg, als.reg_bias)"
-            ) from None
+            raise np.linalg.LinAlgError(SINGULAR) from None
         # Σ_j (t_ij − w̃ᵀũ_j)² = Σ t² − 2 w̃ᵀb + w̃ᵀG w̃, and (G + Λ) w̃ = b gives
         # w̃ᵀG w̃ = w̃ᵀb − w̃ᵀΛ w̃: the squared error costs O(k) per row, not O(k²).
         fitted = np.einsum("ni,ni->n", solution, eq.rhs)
@@ -120,14 +154,7 @@ def half_step(
         sse += eq.target_sq - float(np.sum(fitted) + np.sum(shrink))
         factors[eq.start : eq.stop] = solution[:, :k]
         row_bias[eq.start : eq.stop] = solution[:, k]
-    return HalfStepResult(
-        rows=block.rows,
-        factors=factors,
-        bias=row_bias,
-        counts=counts,
-        sse=max(sse, 0.0),
-        penalty=reg.penalty(factors, row_bias, counts),
-    )
+    return sse
 
 
 def reference_half_step(
