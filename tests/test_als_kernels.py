@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mfspark.blocks import compiled
 from mfspark.blocks.random import seeded_normal
 from mfspark.blocks.rows import RatingRows
 from mfspark.models.als.kernels import Regularization, half_step, reference_half_step
@@ -33,6 +34,7 @@ def test_block_solver_equals_per_row_solve(scaling, width, strategy, monkeypatch
     import mfspark.blocks.rows as K
 
     monkeypatch.setattr(K, "DENSE_BATCH_CELLS", 200)  # many batches per padded length
+    monkeypatch.setattr(compiled, "SEGMENT", 5)  # many gathered segments per row
     rng = np.random.default_rng(0)
     n_rows, n_cols, k = 300, 80, 6
     rows, cols, vals = random_ratings(rng, n_rows, n_cols, 4000)
@@ -66,10 +68,13 @@ def test_block_solver_equals_per_row_solve(scaling, width, strategy, monkeypatch
 
 @pytest.mark.parametrize("strategy", ["compiled", "sparse", "dense"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_normal_equations_equal_per_row_products(strategy, dtype):
+def test_normal_equations_equal_per_row_products(strategy, dtype, monkeypatch):
     """G_i = Xᵢᵀ Xᵢ, b_i = Xᵢᵀ t_i and Σ t² per row, against numpy on each row's own gathered
-    matrix; tiles, chunks, an odd and an even k + 1, and rows without ratings."""
+    matrix; tiles, chunks, gathered segments, an odd and an even k + 1, and rows without
+    ratings."""
     from mfspark.blocks.rows import normal_equations
+
+    monkeypatch.setattr(compiled, "SEGMENT", 6)
 
     rng = np.random.default_rng(7)
     for k, width in ((5, 16), (6, None)):
@@ -150,6 +155,7 @@ def test_block_split_does_not_change_rows(strategy, width, monkeypatch):
     import mfspark.blocks.rows as K
 
     monkeypatch.setattr(K, "DENSE_BATCH_CELLS", 300)
+    monkeypatch.setattr(compiled, "SEGMENT", 7)
     rng = np.random.default_rng(1)
     rows, cols, vals = random_ratings(rng, 500, 120, 9000)
     fixed = rng.normal(0, 0.5, (120, 4)).astype(np.float32)

@@ -532,7 +532,7 @@ def _compiled_normal_equations(
     block: RatingRows, fixed_factors, fixed_bias, global_mean, dtype, chunk_rows: int, row_sums: bool
 ) -> Iterator[NormalEquations]:
     """The compiled strategy (module docstring), chunk by chunk."""
-    from mfspark.blocks.compiled import gram_rows
+    from mfspark.blocks.compiled import SEGMENT, gram_rows
 
     indptr, cols, values, width, u, bias, mean = compiled_operands(
         block, fixed_factors, fixed_bias, global_mean, dtype
@@ -544,7 +544,9 @@ def _compiled_normal_equations(
         gram = np.empty((stop - start, dim, dim))
         rhs = np.empty((stop - start, dim))
         row_sq = np.empty(stop - start)
-        total = gram_rows(indptr, cols, values, width, start, stop, u, bias, mean, gram, rhs, row_sq)
+        total = gram_rows(
+            indptr, cols, values, width, start, stop, u, bias, mean, gram, rhs, row_sq, SEGMENT
+        )
         yield NormalEquations(
             start, stop, gram, rhs, counts[start:stop], float(total), row_sq if row_sums else None
         )

@@ -102,10 +102,10 @@ def half_step(
     factors = np.zeros((block.n_rows, k), dtype=dtype)
     row_bias = np.zeros(block.n_rows, dtype=dtype)
     if gram_strategy(k, strategy) == "compiled":
-        from mfspark.blocks.compiled import als_rows
+        from mfspark.blocks.compiled import SEGMENT, als_rows
 
         operands = compiled_operands(block, fixed_factors, fixed_bias, global_mean, dtype)
-        sse, singular = als_rows(*operands, reg_diag, reg.scaling == "count", factors, row_bias)
+        sse, singular = als_rows(*operands, reg_diag, reg.scaling == "count", factors, row_bias, SEGMENT)
         if singular >= 0:
             raise np.linalg.LinAlgError(SINGULAR)
     else:
