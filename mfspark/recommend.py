@@ -61,6 +61,7 @@ from pyspark.sql import types as T
 
 from mfspark import columns as C
 from mfspark.blocks.rows import USER
+from mfspark.blocks.spark import keyed_pieces
 from mfspark.config import Config
 from mfspark.errors import ConfigError, InputError
 from mfspark.io import HadoopFS, join, staged_outputs, update_manifest
@@ -75,7 +76,6 @@ MODELS_DIR = "models"
 ROW, COL = "row_idx", "col_idx"
 # Rows ranked per output piece (one pickled tuple of byte arrays travels per piece).
 ROWS_PER_PIECE = 16_384
-MAX_PIECE_BYTES = 2**31 - 1
 
 PIECE_SCHEMA = T.StructType(
     [
@@ -159,17 +159,6 @@ def cosine_scorer(item_factors: np.ndarray, candidates: np.ndarray) -> Scorer:
 
 
 # -- distributed top-K ------------------------------------------------------------------------
-def _binary(arr: np.ndarray) -> pa.Array:
-    data = pa.py_buffer(np.ascontiguousarray(arr))
-    if data.size > MAX_PIECE_BYTES:
-        raise InputError(
-            f"one input partition sends {data.size / 2**30:.1f} GiB to one recommend block; "
-            "raise recommend.num_blocks or read the ratings in more partitions"
-        )
-    offsets = pa.py_buffer(np.array([0, data.size], dtype=np.int32))
-    return pa.Array.from_buffers(pa.binary(), 1, [None, offsets, data])
-
-
 def _split_fn(num_blocks: int):
     """mapInArrow: (row, col) pairs of an input partition → one piece per block (row mod n)."""
     schema = pa.schema(
@@ -186,16 +175,7 @@ def _split_fn(num_blocks: int):
         table = pa.Table.from_batches(parts)
         rows = table.column(ROW).to_numpy().astype(np.int32, copy=False)
         cols = table.column(COL).to_numpy().astype(np.int32, copy=False)
-        block = rows % num_blocks
-        order = np.argsort(block, kind="stable")
-        block = block[order]
-        bounds = np.flatnonzero(np.diff(block)) + 1
-        for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(block)], strict=True):
-            take = order[a:b]
-            yield pa.RecordBatch.from_arrays(
-                [pa.array([int(block[a])], pa.int32()), _binary(rows[take]), _binary(cols[take])],
-                schema=schema,
-            )
+        yield from keyed_pieces(rows % num_blocks, (rows, cols), schema)
 
     return split
 

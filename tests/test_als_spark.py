@@ -273,3 +273,61 @@ def test_python_workers_run_blas_on_one_thread_and_numpy_without_huge_pages(spar
             "NUMPY_MADVISE_HUGEPAGE": "0",
         }
         assert huge_pages is False
+
+
+def test_blocks_sent_as_many_small_pieces_hold_every_rating_once(monkeypatch):
+    """A block whose ratings arrive as many pieces, in any order, is the block of one piece and
+    holds exactly its ratings: the map side caps a piece at PIECE_RATINGS ratings."""
+    import pyarrow as pa
+
+    from mfspark.blocks import spark as blocks
+
+    rng = np.random.default_rng(5)
+    n = 5000
+    users = rng.integers(0, 97, n).astype(np.int32)
+    items = rng.integers(0, 41, n).astype(np.int32)
+    values = rng.integers(1, 6, n).astype(np.float32)
+    is_test = rng.random(n) < 0.2
+    cells = np.unique(users.astype(np.int64) * 41 + items, return_index=True)[1]
+    users, items, values, is_test = users[cells], items[cells], values[cells], is_test[cells]
+    batch = pa.RecordBatch.from_pydict(
+        {"user_idx": users, "item_idx": items, "rating": values, "is_test": is_test}
+    )
+
+    def blocks_of(piece_ratings, reverse):
+        monkeypatch.setattr(blocks, "PIECE_RATINGS", piece_ratings)
+        grouped: dict[int, list] = {}
+        for piece in blocks._split_fn(3, 2)(iter([batch])):
+            arrays = piece.to_pylist()[0]
+            assert len(arrays["rows"]) <= 4 * piece_ratings  # int32: 4 bytes per rating
+            grouped.setdefault(arrays["part"], []).append(
+                tuple(arrays[name] for name, _ in blocks.PIECE_ARRAYS)
+            )
+        return {
+            key: (len(p), blocks._assemble(p[::-1] if reverse else p, 1 << 20))
+            for key, p in grouped.items()
+        }
+
+    whole, small = blocks_of(1 << 18, False), blocks_of(7, True)
+    assert sorted(whole) == sorted(small) == [0, 1, 2, 3, 4]  # user blocks 0, 2, 4; item blocks 1, 3
+    assert all(count == 1 for count, _ in whole.values())
+    assert all(count > 1 for count, _ in small.values())
+    for key, (_, (train, test)) in small.items():
+        side, block = blocks.key_block(key)
+        for got, want, mask in ((train, whole[key][1][0], ~is_test), (test, whole[key][1][1], is_test)):
+            for name in ("rows", "indptr", "cols", "values", "col_ids"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+            # the oracle: exactly the input's ratings of this block, each once
+            rows, cols = (users, items) if side == "user" else (items, users)
+            keep = mask & (rows % (3 if side == "user" else 2) == block)
+            expected = sorted(zip(rows[keep].tolist(), cols[keep].tolist(), values[keep].tolist()))
+            stored = sorted(
+                zip(
+                    np.asarray(got.rows)[got.row_positions()].tolist(),
+                    got.global_cols().tolist(),
+                    np.asarray(got.values).tolist(),
+                )
+            )
+            if side == "user" and got is test:
+                expected = []  # user blocks carry train ratings only
+            assert stored == expected
