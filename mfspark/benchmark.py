@@ -150,9 +150,13 @@ class PeakMemory:
     Python objects are collected first, so a system is not charged for the heap an earlier
     system grew (the JVM gives unused heap back to the OS after a full collection)."""
 
-    def __init__(self, which: str, interval: float = 0.1, spark: SparkSession | None = None):
-        self.which, self.interval, self.spark = which, interval, spark
+    def __init__(
+        self, which: str, interval: float = 0.1, spark: SparkSession | None = None, label: str = ""
+    ):
+        self.which, self.interval, self.spark, self.label = which, interval, spark, label
         self.peak: float | None = None
+        self.peak_jvm = 0.0  # the JVMs' part of the peak (MB)
+        self.peak_at = 0.0  # seconds from the start to the peak
         self._stop = threading.Event()
 
     def _pids(self) -> tuple[list[int], list[int]]:
@@ -170,12 +174,24 @@ class PeakMemory:
         return pids, jvms
 
     def _run(self):
+        started = time.time()
         while not self._stop.is_set():
             pids, jvms = self._pids()
             # The JVM shares no pages with the other processes: its resident set is its share.
-            total = sum(_memory_mb(p, proportional=p not in jvms) for p in pids)
-            self.peak = total if self.peak is None else max(self.peak, total)
+            jvm = sum(_memory_mb(p, proportional=False) for p in jvms)
+            total = jvm + sum(_memory_mb(p) for p in pids if p not in jvms)
+            if self.peak is None or total > self.peak:
+                self.peak, self.peak_jvm, self.peak_at = total, jvm, time.time() - started
             self._stop.wait(self.interval)
+
+    def describe(self) -> str:
+        """Where the peak was: its size, the JVM's part and when it came."""
+        if self.peak is None:
+            return "not measured"
+        return (
+            f"{self.peak:,.0f} MB ({self.peak_jvm:,.0f} MB JVM, {self.peak - self.peak_jvm:,.0f} MB "
+            f"Python) {self.peak_at:.1f} s in"
+        )
 
     def __enter__(self):
         if self.spark is not None:
@@ -190,6 +206,8 @@ class PeakMemory:
         self._stop.set()
         if hasattr(self, "_thread"):
             self._thread.join()
+        if self.label:
+            log.info("%s: peak memory %s", self.label, self.describe())
 
 
 def _is_java(pid: int) -> bool:
@@ -387,7 +405,7 @@ def fit_bpmf_system(spark, train, test, n_users, n_items, cfg: Config, clip) -> 
 
     params = BPMFParams.from_config(cfg.bpmf, rank=cfg.als.rank, clip=clip, saved_samples=0)
     started = time.time()
-    with PeakMemory("all", spark=spark) as mem:
+    with PeakMemory("all", spark=spark, label="bpmf") as mem:
         sampler = SparkBlockSampler(
             spark,
             train,
@@ -609,7 +627,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
         als, clip=clip, tol=0.0, reg=regs["mfspark"]
     )
     if "mllib" in bench.systems:
-        with PeakMemory("all", spark=spark) as mem:
+        with PeakMemory("all", spark=spark, label="mllib") as mem:
             rmse, fit_s, setup, per_iter, timing, mllib_model = fit_mllib(
                 spark, train, test, rank, iterations, regs["mllib"], als.seed, global_mean, "final"
             )
@@ -632,7 +650,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     for system, exchange in (("mfspark", "broadcast"), ("mfspark_partitioned", "partitioned")):
         if system not in bench.systems:
             continue
-        with PeakMemory("all", spark=spark) as mem:
+        with PeakMemory("all", spark=spark, label=system) as mem:
             result, fit_s, setup = fit_mfspark(
                 spark, train, test, n_users, n_items, final, cfg, exchange
             )
@@ -655,7 +673,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
         )
     if "numpy" in bench.systems:
         train_arrays, test_arrays = _arrays(train), _arrays(test)
-        with PeakMemory("driver") as mem:
+        with PeakMemory("driver", label="numpy") as mem:
             result, fit_s, setup = fit_numpy(train_arrays, test_arrays, n_users, n_items, final)
         oracle = oracle_floor_rmse(spark, out, train_arrays, test_arrays, clip)
         del train_arrays, test_arrays
