@@ -212,12 +212,15 @@ class RatingRows:
         width = int(width) if width else max(n_cols, 1)
         n_tiles = max(1, -(-n_cols // width))
         n = len(entities)
-        # (tile, row, col) as one key: the storage order is the keys in ascending order
-        tile, local = np.divmod(cols, width)
-        key = (tile * n + pos) * width + local
+        # (tile, row, col) as one key: the storage order is the keys in ascending order. With
+        # one tile the key's stride is the column count, not the (larger) nominal width, so
+        # the keys stay small enough for the packed sort below.
+        stride = min(width, n_cols)
+        tile, local = np.divmod(cols, stride)
+        key = (tile * n + pos) * stride + local
         del tile, local, pos
         values = np.asarray(values).astype(np.float32, copy=False)
-        if n_tiles * n * width <= PACKED_KEYS:
+        if n_tiles * n * stride <= PACKED_KEYS:
             # key and value bits in one uint64: one plain sort (SIMD, ~15x faster than a stable
             # argsort of the keys); (row, col) pairs are unique, so the order is the keys' order
             packed = key.astype(np.uint64) << np.uint64(32)
@@ -230,7 +233,7 @@ class RatingRows:
         else:
             order = np.argsort(key, kind="stable")
             key, values = np.take(key, order), np.take(values, order)
-        cell, local = np.divmod(key, width)
+        cell, local = np.divmod(key, stride)
         starts = np.zeros(n_tiles * n + 1, dtype=np.int64)
         np.cumsum(np.bincount(cell, minlength=n_tiles * n), out=starts[1:])
         indptr = np.stack([starts[t * n : t * n + n + 1] for t in range(n_tiles)])
