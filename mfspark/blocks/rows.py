@@ -201,46 +201,64 @@ class RatingRows:
         by default the distinct values of ``rows``. ``col_ids``: the columns are local, column
         c standing for entity ``col_ids[c]`` (see the class docstring).
         """
-        rows = np.asarray(rows, dtype=np.int64)
-        cols = np.asarray(cols, dtype=np.int64)
+        # A block's build holds its ratings several times over; every step below is in place
+        # where it can be, so the peak is about three 8-byte arrays per rating.
         if entities is None:
             entities, pos = distinct(rows)
         else:
             entities = np.asarray(entities, dtype=np.int64)
             pos = positions(entities, rows)
+        del rows
+        cols = np.asarray(cols)
+        if not np.issubdtype(cols.dtype, np.integer):
+            cols = cols.astype(np.int64)
         n_cols = int(cols.max()) + 1 if len(cols) else 1
         width = int(width) if width else max(n_cols, 1)
         n_tiles = max(1, -(-n_cols // width))
         n = len(entities)
-        # (tile, row, col) as one key: the storage order is the keys in ascending order. With
-        # one tile the key's stride is the column count, not the (larger) nominal width, so
-        # the keys stay small enough for the packed sort below.
+        # With one tile the key's stride is the column count, not the (larger) nominal width,
+        # so the keys stay small enough for the packed sort below.
         stride = min(width, n_cols)
-        tile, local = np.divmod(cols, stride)
-        key = (tile * n + pos) * stride + local
-        del tile, local, pos
+        # cell = tile · n + row position: a rating's CSR row among all tiles
+        if n_tiles == 1:
+            cell, local = pos, cols
+        else:
+            cell, local = np.divmod(np.asarray(cols, dtype=np.int64), stride)
+            cell *= n
+            cell += pos
+        del pos, cols
+        starts = np.zeros(n_tiles * n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cell, minlength=n_tiles * n), out=starts[1:])
+        # (tile, row, col) as one key, cell · stride + col: the storage order is the keys' order
+        key = cell  # a fresh array (from positions/distinct/divmod): safe to update in place
+        key *= stride
+        key += local
+        del cell, local
         values = np.asarray(values).astype(np.float32, copy=False)
         if n_tiles * n * stride <= PACKED_KEYS:
             # key and value bits in one uint64: one plain sort (SIMD, ~15x faster than a stable
             # argsort of the keys); (row, col) pairs are unique, so the order is the keys' order
-            packed = key.astype(np.uint64) << np.uint64(32)
+            packed = key.view(np.uint64)
+            packed <<= np.uint64(32)
             packed |= values.view(np.uint32)
             del key
             packed.sort()
-            key = (packed >> np.uint64(32)).astype(np.int64)
-            values = (packed & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
+            values = packed.astype(np.uint32).view(np.float32)  # the low 32 bits
+            packed >>= np.uint64(32)
+            key = packed.view(np.int64)
             del packed
         else:
             order = np.argsort(key, kind="stable")
             key, values = np.take(key, order), np.take(values, order)
-        cell, local = np.divmod(key, stride)
-        starts = np.zeros(n_tiles * n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(cell, minlength=n_tiles * n), out=starts[1:])
+            del order
+        key %= stride
+        local = key.astype(np.int32)
+        del key
         indptr = np.stack([starts[t * n : t * n + n + 1] for t in range(n_tiles)])
         return RatingRows(
             entities.astype(np.int32),
             indptr,
-            local.astype(np.int32),
+            local,
             values,
             width,
             None if col_ids is None else np.asarray(col_ids, np.int32),
