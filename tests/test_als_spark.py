@@ -275,9 +275,10 @@ def test_python_workers_run_blas_on_one_thread_and_numpy_without_huge_pages(spar
         assert huge_pages is False
 
 
-def test_blocks_sent_as_many_small_pieces_hold_every_rating_once(monkeypatch):
-    """A block whose ratings arrive as many pieces, in any order, is the block of one piece and
-    holds exactly its ratings: the map side caps a piece at PIECE_RATINGS ratings."""
+def test_blocks_sent_as_many_small_pieces_hold_every_rating_once(monkeypatch, tmp_path):
+    """A block whose ratings arrive as many pieces, in any order and interleaved with other
+    blocks' pieces, is the block of one piece and holds exactly its ratings: the map side caps
+    a piece at PIECE_RATINGS ratings, the reduce side spools pieces to disk by block."""
     import pyarrow as pa
 
     from mfspark.blocks import spark as blocks
@@ -294,19 +295,24 @@ def test_blocks_sent_as_many_small_pieces_hold_every_rating_once(monkeypatch):
         {"user_idx": users, "item_idx": items, "rating": values, "is_test": is_test}
     )
 
-    def blocks_of(piece_ratings, reverse):
+    def blocks_of(piece_ratings, shuffled):
         monkeypatch.setattr(blocks, "PIECE_RATINGS", piece_ratings)
-        grouped: dict[int, list] = {}
+        records = []
         for piece in blocks._split_fn(3, 2)(iter([batch])):
             arrays = piece.to_pylist()[0]
             assert len(arrays["rows"]) <= 4 * piece_ratings  # int32: 4 bytes per rating
-            grouped.setdefault(arrays["part"], []).append(
-                tuple(arrays[name] for name, _ in blocks.PIECE_ARRAYS)
+            records.append((arrays["part"], tuple(arrays[name] for name, _ in blocks.PIECE_ARRAYS)))
+        counts = {key: sum(k == key for k, _ in records) for key, _ in records}
+        spool = tmp_path / f"spool-{piece_ratings}"
+        spool.mkdir()
+        built = {
+            key: (counts[key], blocks._assemble(*arrays, 1 << 20))
+            for key, arrays in blocks._spooled_blocks(
+                [records[i] for i in rng.permutation(len(records))] if shuffled else records, str(spool)
             )
-        return {
-            key: (len(p), blocks._assemble(p[::-1] if reverse else p, 1 << 20))
-            for key, p in grouped.items()
         }
+        assert not any(spool.iterdir())  # the spool directory is removed
+        return built
 
     whole, small = blocks_of(1 << 18, False), blocks_of(7, True)
     assert sorted(whole) == sorted(small) == [0, 1, 2, 3, 4]  # user blocks 0, 2, 4; item blocks 1, 3

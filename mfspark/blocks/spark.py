@@ -187,19 +187,47 @@ def _local_root() -> str:
     return os.environ.get("SPARK_LOCAL_DIRS", tempfile.gettempdir()).split(",")[0]
 
 
-def _assemble(pieces: list, width: int) -> tuple[RatingRows, RatingRows] | None:
-    """Concatenate a block's pieces into train and test RatingRows. Empties ``pieces``: the
-    raw bytes are released as soon as they are concatenated."""
-    if not pieces:
+def _spooled_blocks(records, root: str):
+    """(key, arrays) of every block among ``records`` (shuffled ``(key, piece)`` pairs), keys
+    ascending, each block's :data:`PIECE_ARRAYS` concatenated. Pieces arrive in shuffle-fetch
+    order, all of a partition's blocks interleaved; each piece's bytes are appended to its
+    block's files under a fresh directory in ``root`` as it arrives, so a task holds one
+    block's ratings at a time (read back in one piece, no concatenation copy), not its whole
+    partition's pieces. The directory is removed when the generator ends."""
+    directory = tempfile.mkdtemp(prefix="mfspark-spool-", dir=root)
+    try:
+        paths: dict[int, list[str]] = {}
+        handles: dict[int, list] = {}
+        try:
+            for key, piece in records:
+                if key not in handles:
+                    paths[key] = [os.path.join(directory, f"{key}-{name}") for name, _ in PIECE_ARRAYS]
+                    handles[key] = [open(path, "wb") for path in paths[key]]
+                for handle, data in zip(handles[key], piece, strict=True):
+                    handle.write(data)
+        finally:
+            for files in handles.values():
+                for handle in files:
+                    handle.close()
+        for key in sorted(paths):
+            arrays = []
+            for path, (_, dtype) in zip(paths.pop(key), PIECE_ARRAYS, strict=True):
+                arrays.append(np.fromfile(path, dtype=dtype))
+                os.remove(path)
+            yield key, arrays
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _assemble(rows, cols, values, is_test, width: int) -> tuple[RatingRows, RatingRows] | None:
+    """A block's train and test RatingRows from its ratings (global row and column indices,
+    values, test flags); None for a block without ratings."""
+    if not len(rows):
         return None
-    rows, cols, values, is_test = (
-        np.concatenate([np.frombuffer(p[i], dtype=dtype) for p in pieces])
-        for i, (_, dtype) in enumerate(PIECE_ARRAYS)
-    )
-    pieces.clear()
     entities = distinct(rows)[0]
     # Block-local columns: the block addresses only the fixed-side entities it rates.
     col_ids, cols = distinct(cols)
+    cols = cols.astype(np.int32)  # local columns: fewer than the fixed side's entities
     train = RatingRows.from_coo(
         rows[~is_test], cols[~is_test], values[~is_test], entities, width, col_ids
     )
@@ -262,20 +290,19 @@ def _build_fn(width: int, store_dir: str | None):
         from mfspark.session import release_memory, worker_single_thread
 
         worker_single_thread()
-        # Pieces arrive in shuffle-fetch order; a block does not depend on it because the
-        # (row, col) pairs are unique and from_coo sorts by them.
-        pieces: dict[int, list] = {}
-        for key, value in records:
-            pieces.setdefault(key, []).append(value)
-        for key in sorted(pieces):
-            yield from _build_block(*key_block(key), pieces.pop(key), width, store_dir)
+        # A block does not depend on the order its pieces arrive in: the (row, col) pairs
+        # are unique and from_coo sorts by them.
+        for key, arrays in _spooled_blocks(records, _local_root()):
+            yield from _build_block(*key_block(key), arrays, width, store_dir)
+            del arrays
             release_memory()
 
     return build
 
 
-def _build_block(side: str, block_id: int, pieces: list, width: int, store_dir: str | None):
-    block = _assemble(pieces, width)
+def _build_block(side: str, block_id: int, arrays: list, width: int, store_dir: str | None):
+    block = _assemble(*arrays, width)
+    arrays.clear()  # the raw ratings are released once the block is built
     if block is not None:
         train, test = block
         if store_dir is None:
