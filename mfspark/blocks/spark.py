@@ -196,24 +196,24 @@ def _spooled_blocks(records, root: str):
     partition's pieces. The directory is removed when the generator ends."""
     directory = tempfile.mkdtemp(prefix="mfspark-spool-", dir=root)
     try:
-        paths: dict[int, list[str]] = {}
-        handles: dict[int, list] = {}
+        files: dict[int, list] = {}  # key → one open file per array
         try:
             for key, piece in records:
-                if key not in handles:
-                    paths[key] = [os.path.join(directory, f"{key}-{name}") for name, _ in PIECE_ARRAYS]
-                    handles[key] = [open(path, "wb") for path in paths[key]]
-                for handle, data in zip(handles[key], piece, strict=True):
+                if key not in files:
+                    files[key] = [
+                        open(os.path.join(directory, f"{key}-{name}"), "wb") for name, _ in PIECE_ARRAYS
+                    ]
+                for handle, data in zip(files[key], piece, strict=True):
                     handle.write(data)
         finally:
-            for files in handles.values():
-                for handle in files:
+            for handles in files.values():
+                for handle in handles:
                     handle.close()
-        for key in sorted(paths):
+        for key in sorted(files):
             arrays = []
-            for path, (_, dtype) in zip(paths.pop(key), PIECE_ARRAYS, strict=True):
-                arrays.append(np.fromfile(path, dtype=dtype))
-                os.remove(path)
+            for handle, (_, dtype) in zip(files.pop(key), PIECE_ARRAYS, strict=True):
+                arrays.append(np.fromfile(handle.name, dtype=dtype))
+                os.remove(handle.name)
             yield key, arrays
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -293,8 +293,7 @@ def _build_fn(width: int, store_dir: str | None):
         # A block does not depend on the order its pieces arrive in: the (row, col) pairs
         # are unique and from_coo sorts by them.
         for key, arrays in _spooled_blocks(records, _local_root()):
-            yield from _build_block(*key_block(key), arrays, width, store_dir)
-            del arrays
+            yield from _build_block(*key_block(key), arrays, width, store_dir)  # clears arrays
             release_memory()
 
     return build
