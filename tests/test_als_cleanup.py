@@ -229,9 +229,7 @@ def test_partitioned_fit_completes_with_a_result_limit_below_one_side(run_job, t
     assert np.abs(np.stack(trained["factors"])).max(axis=1).min() > 0
 
 
-@pytest.mark.skipif(
-    __import__("platform").libc_ver()[0] != "glibc", reason="malloc_trim is glibc's"
-)
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_release_memory_returns_freed_heap_to_the_os():
     """Workers call release_memory() after a block: memory freed inside glibc's heap (under a
     live allocation, so free() cannot trim it) leaves the resident set only through it."""

@@ -326,12 +326,15 @@ def test_blocks_sent_as_many_small_pieces_hold_every_rating_once(monkeypatch, tm
             # the oracle: exactly the input's ratings of this block, each once
             rows, cols = (users, items) if side == "user" else (items, users)
             keep = mask & (rows % (3 if side == "user" else 2) == block)
-            expected = sorted(zip(rows[keep].tolist(), cols[keep].tolist(), values[keep].tolist()))
+            expected = sorted(
+                zip(rows[keep].tolist(), cols[keep].tolist(), values[keep].tolist(), strict=True)
+            )
             stored = sorted(
                 zip(
                     np.asarray(got.rows)[got.row_positions()].tolist(),
                     got.global_cols().tolist(),
                     np.asarray(got.values).tolist(),
+                    strict=True,
                 )
             )
             if side == "user" and got is test:
