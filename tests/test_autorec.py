@@ -143,6 +143,27 @@ def test_block_boundaries_change_only_summation_order():
     np.testing.assert_allclose(three.gradient, one.gradient, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("score_test", [True, False])
+def test_test_rmse_is_scored_only_when_the_test_cells_hold_ratings(score_test):
+    """One iteration: the recorded test RMSE is the kept weights' error at the test cells
+    (computed here from ``predict_cells``); a blend member's placeholder cells get none."""
+    values, mask, shape, _ = small_problem(seed=3, n=8)
+    test_mask = ~mask
+    test_mask[:, 1] = False  # some unobserved cells are neither train nor test
+    params = AutoRecParams(
+        hidden=shape.hidden, l2=0.5, validation_fraction=0.0, dtype=np.float64, epochs=1
+    )
+    block = block_from_dense(values, mask, test_mask)
+    result = fit(LocalEvaluator([block], shape, params), params, 3.0, score_test=score_test)
+    (epoch,) = result.history
+    if not score_test:
+        assert epoch.test_rmse is None
+        return
+    pred = predict_cells(result.theta, shape, block.inputs, block.test, "sigmoid", None)
+    want = float(np.sqrt(np.mean((pred - values[test_mask]) ** 2)))
+    assert epoch.test_rmse == pytest.approx(want, rel=1e-10)
+
+
 def test_validation_and_dropout_draws_are_keyed_not_ordered():
     rows, cols = np.array([5, 9, 5, 2]), np.array([1, 1, 3, 0])
     u = keyed_uniform(7, 1, rows, cols)

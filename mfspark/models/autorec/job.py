@@ -424,8 +424,8 @@ def _fit_predict(spark, train, pairs, users, items, cfg, orientation: str) -> Da
     check_result_size(width, params, spark.conf.get("spark.driver.maxResultSize", "1g"))
     rows = build_rows(train, scored, entities, orientation, partitions).persist()
     evaluator = SparkEvaluator(spark, rows, orientation, width, params, partitions)
-    try:
-        result = fit(evaluator, params, global_mean)
+    try:  # the pairs' cells hold placeholder ratings: there is no test RMSE to report
+        result = fit(evaluator, params, global_mean, score_test=False)
         cells, bc = predict_test_cells(rows, orientation, result.theta, evaluator.shape, params)
         try:  # the pairs are a validation share of train: small enough to hold on the driver
             scores = cells.toPandas()

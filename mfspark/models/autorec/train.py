@@ -222,8 +222,14 @@ def objective_function(evaluator: Evaluator, params: AutoRecParams):
     return evaluate
 
 
-def fit(evaluator: Evaluator, params: AutoRecParams, global_mean: float) -> AutoRecResult:
-    """Train from θ₀ (seeded) until early stopping, ``epochs`` or ``tol``; keep the best θ."""
+def fit(
+    evaluator: Evaluator, params: AutoRecParams, global_mean: float, score_test: bool = True
+) -> AutoRecResult:
+    """Train from θ₀ (seeded) until early stopping, ``epochs`` or ``tol``; keep the best θ.
+
+    ``score_test=False`` when the test cells are only places to predict (a blend member's
+    pairs carry no ratings): no test RMSE is recorded or logged for them.
+    """
     shape = evaluator.shape
     evaluate = objective_function(evaluator, params)
     theta = init_params(shape, params.seed, params.init_std, global_mean, params.dtype)
@@ -251,7 +257,7 @@ def fit(evaluator: Evaluator, params: AutoRecParams, global_mean: float) -> Auto
             it,
             rmse(tot.train_sse, tot.train_n),
             rmse(tot.validation_sse, tot.validation_n),
-            rmse(tot.test_sse, tot.test_n),
+            rmse(tot.test_sse, tot.test_n) if score_test else None,
             current.objective,
             time.time() - t0,
         )
