@@ -187,7 +187,8 @@ def run_prepare(cfg: Config, spark: SparkSession) -> dict:
     """Run the prepare stage and return its manifest entry.
 
     Spark work, in order: the checks (parse and per-row checks run once, cached; one
-    aggregation finds the repeated pairs, and only their rows are ranked), one aggregation
+    aggregation finds the repeated pairs, and only their rows are ranked; generated data,
+    which hold each pair once, skip it), one aggregation
     of the reasons, one index build for users and items together, one write per dataset and
     two cheap counts of what was written. The input is read once.
     """
@@ -205,7 +206,8 @@ def run_prepare(cfg: Config, spark: SparkSession) -> dict:
         with staged_outputs(spark, out, stage="prepare") as stage:
             t = time.time()
             train_parsed, test_parsed, synthetic = _read_source(spark, cfg, fmt)
-            checked = check_rows(train_parsed.df, cfg.data)  # persisted
+            # persisted; generated data hold each pair once by construction
+            checked = check_rows(train_parsed.df, cfg.data, distinct_pairs=synthetic is not None)
             cached.append(checked)
             counts = count_reasons(checked)
             rejected = rejected_rows(checked, train_parsed.raw)

@@ -55,15 +55,20 @@ def row_reason(data: DataConfig) -> Column:
     )
 
 
-def check_rows(parsed: DataFrame, data: DataConfig) -> DataFrame:
+def check_rows(parsed: DataFrame, data: DataConfig, distinct_pairs: bool = False) -> DataFrame:
     """Add ``reason`` (null when valid) to every parsed row, duplicates included.
 
-    The result is persisted (memory and disk) and materialised; the caller unpersists it.
-    Duplicates cost one aggregation: the valid rows' (user, item) pairs are counted, and only
-    the rows of a pair that occurs more than once are ranked, newest first. Most inputs have
-    no such pair, and none of their rows is sorted.
+    The result is persisted (memory and disk); the caller unpersists it. Duplicates cost one
+    aggregation, which also materialises the cache: the valid rows' (user, item) pairs are
+    counted, and only the rows of a pair that occurs more than once are ranked, newest first.
+    Most inputs have no such pair, and none of their rows is sorted. ``distinct_pairs=True``
+    is for a source that cannot repeat a pair (the synthetic generator samples items without
+    replacement): the aggregation is skipped, only the per-row checks run, and the first
+    scan of the result materialises it.
     """
     checked = persist_uncompressed(parsed.withColumn(C.REASON, row_reason(data)).drop(PARSE_ERROR))
+    if distinct_pairs:
+        return checked
     try:
         result = _mark_duplicates(checked)
     except BaseException:

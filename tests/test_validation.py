@@ -77,6 +77,25 @@ def test_counts_per_reason_are_exact(checked_u_data):
     assert counts.valid_without_timestamp == 1  # "5\t10\t1\t"
 
 
+def test_a_source_of_distinct_pairs_skips_only_the_duplicate_check(spark, tmp_path):
+    """``distinct_pairs=True`` (the synthetic source) keeps every per-row reason of the hand
+    list and marks no duplicate: the repeated pairs' rows all stay valid."""
+    path = tmp_path / "u.data"
+    path.write_text("\n".join(line for line, _ in LINES) + "\n")
+    cfg = load_config(None, [f"data.path={path}"])
+    parsed = read_ratings(spark, cfg.data, str(path), cfg.resolved_format)
+    checked = check_rows(parsed.df, cfg.data, distinct_pairs=True)
+    try:
+        counts = count_reasons(checked)
+    finally:
+        checked.unpersist()
+    per_row = Counter(r for _, r in LINES if r and r != C.REASON_DUPLICATE)
+    assert counts.rejected == dict(per_row)
+    assert counts.valid == sum(
+        1 for line, r in LINES if line.strip() and r in (None, C.REASON_DUPLICATE)
+    )
+
+
 def test_rejected_rows_hold_the_line_as_read_and_the_reason(checked_u_data):
     parsed, checked = checked_u_data
     got = rejected_rows(checked, parsed.raw).toPandas()
