@@ -304,6 +304,27 @@ def _exponential_race(
     return np.concatenate(out_user), np.concatenate(out_item)
 
 
+def inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(cdf, u, side="right")`` for a sorted ``cdf`` and ``u`` in [0, 1).
+
+    The same indices, found through a guide table: with k = 2^m ≥ 4·len(cdf) buckets, the
+    answer for u in [b/k, (b+1)/k) lies between the answers for b/k and (b+1)/k (u·k and b/k
+    are exact in binary floating point), and each bucket holds few cdf entries, so a couple of
+    vectorised steps finish it. Binary search over the whole cdf misses the cache at every
+    level: at 26,744 items this is several times faster.
+    """
+    k = 1 << max(1, int(np.ceil(np.log2(4 * max(1, len(cdf))))))
+    guide = np.searchsorted(cdf, np.arange(k + 1) / k, side="right")
+    bucket = (u * k).astype(np.int64)
+    idx, hi = guide[bucket], guide[bucket + 1]
+    active = np.flatnonzero(idx < hi)
+    while active.size:  # count the bucket's entries <= u
+        active = active[cdf[idx[active]] <= u[active]]
+        idx[active] += 1
+        active = active[idx[active] < hi[active]]
+    return idx
+
+
 def sample_items(
     counts: np.ndarray,
     popularity: np.ndarray,
@@ -340,7 +361,7 @@ def sample_items(
         extra = draws_for(counts) - draws_for(have)
         n_draws = np.where(short, np.ceil(extra * _OVERDRAW).astype(np.int64) + _EXTRA_DRAWS, 0)
         new_user = np.repeat(np.arange(n_users, dtype=np.int64), n_draws)
-        new_item = np.searchsorted(cdf, rng.random(len(new_user)), side="right")
+        new_item = inverse_cdf(cdf, rng.random(len(new_user)))
         np.minimum(new_item, n_items - 1, out=new_item)  # guard cdf[-1] rounding below 1
         # Items kept from earlier rounds come first, so they stay ahead of new draws.
         acc_user, acc_item = _first_distinct(

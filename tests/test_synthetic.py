@@ -261,3 +261,19 @@ def test_weighted_sampling_without_replacement_matches_numpy(path, monkeypatch):
     )
     se = np.sqrt(ref * (1 - ref) / ref_users + got * (1 - got) / n_users) + 1e-3
     assert np.max(np.abs(got - ref) / se) < 5
+
+
+def test_inverse_cdf_is_searchsorted():
+    """The guide-table lookup gives np.searchsorted's indices exactly: random points, bucket
+    edges, the cdf's own values (ties included), 0 and the largest float below 1."""
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 7, 1000, 26744):
+        weights = rng.pareto(1.0, n) + 1e-9
+        weights[rng.random(n) < 0.1] = 0.0  # repeated cdf values
+        weights[0] = max(weights[0], 1e-9)
+        cdf = np.cumsum(weights) / weights.sum()
+        k = 1 << max(1, int(np.ceil(np.log2(4 * n))))
+        u = np.concatenate(
+            [rng.random(5000), np.arange(k) / k, cdf[cdf < 1], [0.0, np.nextafter(1.0, 0.0)]]
+        )
+        np.testing.assert_array_equal(S.inverse_cdf(cdf, u), np.searchsorted(cdf, u, side="right"))
