@@ -264,9 +264,10 @@ class StagedWriter:
             self.names.append(name)
         return join(self.staging, name)
 
-    def write(self, df, name: str, mode: str = "overwrite") -> str:
+    def write(self, df, name: str, mode: str = "overwrite", options: dict | None = None) -> str:
+        """Write ``df`` as Parquet under the staged ``name``; ``options`` go to the writer."""
         target = self.path(name)
-        df.write.mode(mode).parquet(target)
+        df.write.mode(mode).options(**(options or {})).parquet(target)
         # The write job committed; keep the marker even where the cluster turned Spark's off.
         if not self.fs.exists(join(target, SUCCESS)):
             self.fs.create_text(join(target, SUCCESS), "")

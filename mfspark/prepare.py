@@ -245,8 +245,8 @@ def run_prepare(cfg: Config, spark: SparkSession) -> dict:
                 )
             ix = index_and_flag(spark, rated)
             cached.append(ix.cached)
-            stage.write(ix.train, C.PREPARED_TRAIN)
-            stage.write(ix.test, C.PREPARED_TEST)
+            stage.write(ix.train, C.PREPARED_TRAIN, options=RATINGS_WRITE_OPTIONS)
+            stage.write(ix.test, C.PREPARED_TEST, options=RATINGS_WRITE_OPTIONS)
             stage.write(ix.users, C.PREPARED_USERS)
             stage.write(ix.items, C.PREPARED_ITEMS)
             # One file; with no rejections an empty dataset with the schema, without a scan.
@@ -321,6 +321,14 @@ def run_prepare(cfg: Config, spark: SparkSession) -> dict:
 
 
 USERS, ITEMS = "users", "items"
+
+#: Parquet's dictionary encoding is turned off for the columns with a value per user or per
+#: rating (ids of the users, times): their dictionaries overflow and fall back to plain
+#: encoding anyway, after the work of building them. Writing 18M train ratings took 4.5 s
+#: instead of 6.5-8.5 s, files ~13% larger; items and ratings keep their dictionaries.
+RATINGS_WRITE_OPTIONS = {
+    f"parquet.enable.dictionary#{col}": "false" for col in (C.USER_ID, C.USER_IDX, C.TIMESTAMP)
+}
 
 
 @dataclass

@@ -101,6 +101,22 @@ def test_random_split_of_the_bundled_sample(spark, tmp_path):
     assert manifest["counts"]["input_rows"] == len(ratings)
     assert _read(spark, out, C.PREPARED_REJECTED).empty
     assert not os.path.exists(os.path.join(out, "_staging"))
+    # Per-user and per-rating columns are written without a dictionary, the others with one.
+    import glob
+
+    import pyarrow.parquet as pq
+
+    for name in (C.PREPARED_TRAIN, C.PREPARED_TEST):
+        for path in glob.glob(os.path.join(out, name, "*.parquet")):
+            meta = pq.ParquetFile(path).metadata
+            for g in range(meta.num_row_groups):
+                for c in range(meta.num_columns):
+                    col = meta.row_group(g).column(c)
+                    name, no_dictionary = col.path_in_schema, col.dictionary_page_offset is None
+                    if name in (C.USER_ID, C.USER_IDX, C.TIMESTAMP):
+                        assert no_dictionary, (path, name)
+                    elif name in (C.ITEM_ID, C.ITEM_IDX, C.RATING):
+                        assert not no_dictionary, (path, name)
 
 
 def test_predefined_split_is_exact_and_flags_cold_rows(spark, tmp_path):
