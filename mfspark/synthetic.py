@@ -304,17 +304,24 @@ def _exponential_race(
     return np.concatenate(out_user), np.concatenate(out_item)
 
 
-def inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+def guide_table(cdf: np.ndarray) -> np.ndarray:
+    """The answers of ``np.searchsorted(cdf, ·, side="right")`` at b/k, b = 0..k, for k = 2^m
+    ≥ 4·len(cdf) buckets: what :func:`inverse_cdf` starts from (build it once per cdf)."""
+    k = 1 << max(1, int(np.ceil(np.log2(4 * max(1, len(cdf))))))
+    return np.searchsorted(cdf, np.arange(k + 1) / k, side="right")
+
+
+def inverse_cdf(cdf: np.ndarray, u: np.ndarray, guide: np.ndarray | None = None) -> np.ndarray:
     """``np.searchsorted(cdf, u, side="right")`` for a sorted ``cdf`` and ``u`` in [0, 1).
 
-    The same indices, found through a guide table: with k = 2^m ≥ 4·len(cdf) buckets, the
-    answer for u in [b/k, (b+1)/k) lies between the answers for b/k and (b+1)/k (u·k and b/k
-    are exact in binary floating point), and each bucket holds few cdf entries, so a couple of
-    vectorised steps finish it. Binary search over the whole cdf misses the cache at every
-    level: at 26,744 items this is several times faster.
+    The same indices, found through the :func:`guide_table` of ``cdf`` (built here when not
+    given): the answer for u in [b/k, (b+1)/k) lies between the answers for b/k and (b+1)/k
+    (u·k and b/k are exact in binary floating point), and each bucket holds few cdf entries,
+    so a couple of vectorised steps finish it. Binary search over the whole cdf misses the
+    cache at every level: at 26,744 items this is several times faster.
     """
-    k = 1 << max(1, int(np.ceil(np.log2(4 * max(1, len(cdf))))))
-    guide = np.searchsorted(cdf, np.arange(k + 1) / k, side="right")
+    guide = guide_table(cdf) if guide is None else guide
+    k = len(guide) - 1
     bucket = (u * k).astype(np.int64)
     idx, hi = guide[bucket], guide[bucket + 1]
     active = np.flatnonzero(idx < hi)
@@ -349,6 +356,7 @@ def sample_items(
     acc_user = np.empty(0, dtype=np.int64)
     acc_item = np.empty(0, dtype=np.int64)
     have = np.zeros(n_users, dtype=np.int64)
+    guide = guide_table(cdf)  # once for the rounds below
     for _ in range(_MAX_ROUNDS):
         short = (have < counts) & ~racing
         if not short.any():
@@ -361,7 +369,7 @@ def sample_items(
         extra = draws_for(counts) - draws_for(have)
         n_draws = np.where(short, np.ceil(extra * _OVERDRAW).astype(np.int64) + _EXTRA_DRAWS, 0)
         new_user = np.repeat(np.arange(n_users, dtype=np.int64), n_draws)
-        new_item = inverse_cdf(cdf, rng.random(len(new_user)))
+        new_item = inverse_cdf(cdf, rng.random(len(new_user)), guide)
         np.minimum(new_item, n_items - 1, out=new_item)  # guard cdf[-1] rounding below 1
         # Items kept from earlier rounds come first, so they stay ahead of new draws.
         acc_user, acc_item = _first_distinct(
