@@ -112,11 +112,11 @@ def test_random_split_of_the_bundled_sample(spark, tmp_path):
             for g in range(meta.num_row_groups):
                 for c in range(meta.num_columns):
                     col = meta.row_group(g).column(c)
-                    name, no_dictionary = col.path_in_schema, col.dictionary_page_offset is None
-                    if name in (C.USER_ID, C.USER_IDX, C.TIMESTAMP):
-                        assert no_dictionary, (path, name)
-                    elif name in (C.ITEM_ID, C.ITEM_IDX, C.RATING):
-                        assert not no_dictionary, (path, name)
+                    column, no_dictionary = col.path_in_schema, col.dictionary_page_offset is None
+                    if column in (C.USER_ID, C.USER_IDX, C.TIMESTAMP):
+                        assert no_dictionary, (path, column)
+                    elif column in (C.ITEM_ID, C.ITEM_IDX, C.RATING):
+                        assert not no_dictionary, (path, column)
 
 
 def test_predefined_split_is_exact_and_flags_cold_rows(spark, tmp_path):

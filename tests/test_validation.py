@@ -56,12 +56,17 @@ def _raw_fields(line: str) -> list[str | None]:
     return [p.strip() or None if p is not None else None for p in parts[:4]]
 
 
-@pytest.fixture(scope="module")
-def checked_u_data(spark, tmp_path_factory):
-    path = tmp_path_factory.mktemp("validation") / "u.data"
+def _parsed_lines(spark, folder):
+    """LINES written as a u.data file and parsed; (parsed ratings, its config)."""
+    path = folder / "u.data"
     path.write_text("\n".join(line for line, _ in LINES) + "\n")
     cfg = load_config(None, [f"data.path={path}"])
-    parsed = read_ratings(spark, cfg.data, str(path), cfg.resolved_format)
+    return read_ratings(spark, cfg.data, str(path), cfg.resolved_format), cfg
+
+
+@pytest.fixture(scope="module")
+def checked_u_data(spark, tmp_path_factory):
+    parsed, cfg = _parsed_lines(spark, tmp_path_factory.mktemp("validation"))
     checked = check_rows(parsed.df, cfg.data)  # persisted
     yield parsed, checked
     checked.unpersist()
@@ -80,10 +85,7 @@ def test_counts_per_reason_are_exact(checked_u_data):
 def test_a_source_of_distinct_pairs_skips_only_the_duplicate_check(spark, tmp_path):
     """``distinct_pairs=True`` (the synthetic source) keeps every per-row reason of the hand
     list and marks no duplicate: the repeated pairs' rows all stay valid."""
-    path = tmp_path / "u.data"
-    path.write_text("\n".join(line for line, _ in LINES) + "\n")
-    cfg = load_config(None, [f"data.path={path}"])
-    parsed = read_ratings(spark, cfg.data, str(path), cfg.resolved_format)
+    parsed, cfg = _parsed_lines(spark, tmp_path)
     checked = check_rows(parsed.df, cfg.data, distinct_pairs=True)
     try:
         counts = count_reasons(checked)
