@@ -165,6 +165,30 @@ _LIBC = None
 _SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
 
 
+def persisted_rdds(spark) -> frozenset[int]:
+    """The ids of the RDDs persisted in ``spark``'s context now."""
+    ids = spark.sparkContext._jsc.sc().getPersistentRDDs().keysIterator()
+    found = []
+    while ids.hasNext():
+        found.append(int(ids.next()))
+    return frozenset(found)
+
+
+def unpersist_since(spark, before: frozenset[int]) -> int:
+    """Unpersist the RDDs persisted since ``before = persisted_rdds(spark)``; returns how many.
+
+    For code that caches out of our reach: MLlib's ALS leaves each model's factors cached
+    until the JVM collects the model.
+    """
+    persistent = spark.sparkContext._jsc.sc().getPersistentRDDs()
+    released = persisted_rdds(spark) - before
+    for rdd_id in released:
+        rdd = persistent.get(rdd_id)
+        if rdd.isDefined():  # it may have been cleaned meanwhile
+            rdd.get().unpersist(False)
+    return len(released)
+
+
 def parse_size(text: str) -> int:
     """Bytes in a Spark size string (``1g``, ``512m``, ``2048k``, ``1024``: bytes; ``kb`` etc.
     also accepted), as Spark parses ``spark.driver.maxResultSize``."""

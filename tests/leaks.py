@@ -7,10 +7,14 @@ import os
 import pytest
 
 from mfspark.blocks import spark as blocks
+from mfspark.session import persisted_rdds
 
 
-def persistent_rdds(spark) -> int:
-    return int(spark.sparkContext._jsc.sc().getPersistentRDDs().size())
+def new_persistent_rdds(spark, before: frozenset[int]) -> frozenset[int]:
+    """The RDDs persisted now that were not in ``before``. Compared by id, not by count: an
+    RDD an earlier test left unreferenced may be unpersisted by Spark's ContextCleaner at any
+    moment (a JVM garbage collection), which made a count comparison fail at random."""
+    return persisted_rdds(spark) - before
 
 
 def worker_root(spark) -> str:

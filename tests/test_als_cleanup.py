@@ -9,13 +9,13 @@ import leaks
 import numpy as np
 import pandas as pd
 import pytest
-from leaks import leftover_dirs, persistent_rdds, worker_root
+from leaks import leftover_dirs, new_persistent_rdds, worker_root
 
 from mfspark.blocks import spark as blocks
 from mfspark.errors import MfsparkError
 from mfspark.models.als.spark import SparkBlockSolver, check_result_size
 from mfspark.models.als.train import ALSParams, run_als
-from mfspark.session import parse_size
+from mfspark.session import parse_size, persisted_rdds
 
 stores = leaks.stores  # the fixture recording every BlockStore a test creates
 
@@ -42,13 +42,13 @@ PARAMS = ALSParams(rank=3, max_iter=3, tol=0.0)
 
 def test_failure_after_blocks_are_stored_leaves_nothing(spark, small, stores, monkeypatch):
     train, test, n_users, n_items = small
-    before = persistent_rdds(spark)
+    before = persisted_rdds(spark)
     seen = {}
     original = blocks.BlockStore._set_up
 
     def failing_set_up(self, *args):
         seen["stored"] = os.path.isdir(os.path.join(worker_root(spark), self.store_dir))
-        seen["persisted"] = persistent_rdds(spark)
+        seen["persisted"] = len(new_persistent_rdds(spark, before))
         original(self, *args)
         raise RuntimeError("injected after set-up")
 
@@ -56,18 +56,18 @@ def test_failure_after_blocks_are_stored_leaves_nothing(spark, small, stores, mo
     with pytest.raises(RuntimeError, match="injected"):
         with SparkBlockSolver(spark, train, test, n_users, n_items, PARAMS, 2, 2) as solver:
             run_als(solver, PARAMS)
-    assert seen == {"stored": True, "persisted": before + 1}  # there was something to clean
+    assert seen == {"stored": True, "persisted": 1}  # there was something to clean
     assert len(stores) == 1 and leftover_dirs(spark, stores) == []
-    assert persistent_rdds(spark) == before
+    assert not new_persistent_rdds(spark, before)
 
 
 def test_empty_training_set_and_failing_iteration_leave_nothing(spark, small, stores, monkeypatch):
     train, test, n_users, n_items = small
-    before = persistent_rdds(spark)
+    before = persisted_rdds(spark)
     # Only test ratings: item blocks are stored, then set-up finds no training rating.
     with pytest.raises(MfsparkError, match="training set is empty"):
         SparkBlockSolver(spark, train.limit(0), test, n_users, n_items, PARAMS, 2, 2)
-    assert persistent_rdds(spark) == before
+    assert not new_persistent_rdds(spark, before)
 
     # A failure inside an iteration, through the estimator (its index tables are cached too).
     from mfspark import BiasedALS, ml
@@ -81,7 +81,7 @@ def test_empty_training_set_and_failing_iteration_leave_nothing(spark, small, st
     with pytest.raises(RuntimeError, match="injected in training"):
         BiasedALS(rank=3, maxIter=2).fit(ratings)
     assert len(stores) == 2 and leftover_dirs(spark, stores) == []
-    assert persistent_rdds(spark) == before
+    assert not new_persistent_rdds(spark, before)
 
 
 def test_half_step_returns_only_what_changes(spark, small):
@@ -157,7 +157,7 @@ def test_estimator_refuses_non_finite_and_huge_ratings(spark, bad, message):
 def test_estimator_refuses_duplicate_pairs_and_fits_the_clean_frame(spark):
     from mfspark import BiasedALS
 
-    before = persistent_rdds(spark)
+    before = persisted_rdds(spark)
     dup = spark.createDataFrame(
         SEVEN + [(2, 12, 5.0), (2, 12, 1.0)], "user long, item long, rating double"
     )
@@ -167,7 +167,7 @@ def test_estimator_refuses_duplicate_pairs_and_fits_the_clean_frame(spark):
     model = BiasedALS(rank=1, maxIter=2, regParam=1.0).fit(clean)
     pred = model.transform(clean).toPandas()
     assert np.isfinite(pred.prediction).all() and pred.prediction.between(1, 5).all()
-    assert persistent_rdds(spark) == before  # the index tables are not left cached
+    assert not new_persistent_rdds(spark, before)  # the index tables are not left cached
 
     # One prediction broadcast per model, shared by its DataFrames, destroyed by release().
     fm = model.als_model

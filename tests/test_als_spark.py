@@ -9,12 +9,13 @@ import leaks
 import numpy as np
 import pandas as pd
 import pytest
-from leaks import leftover_dirs, persistent_rdds
+from leaks import leftover_dirs, new_persistent_rdds
 
 from mfspark.errors import MfsparkError
 from mfspark.models.als.spark import SparkBlockSolver, check_broadcast_size
 from mfspark.models.als.train import ALSParams, LocalSolver, run_als
 from mfspark.models.factor_model import FactorModel
+from mfspark.session import persisted_rdds
 
 stores = leaks.stores  # the fixture recording every BlockStore a test creates
 
@@ -111,9 +112,9 @@ def test_partitioned_exchange_equals_broadcast(spark, ratings, blocks):
     and real data: benchmarks/exchange.py.)"""
     params = ALSParams(rank=4, max_iter=3, tol=0.0, clip=(1.0, 5.0), gram="sparse", tile=64)
     want, _ = fit_spark(spark, ratings, params, *blocks)
-    before = persistent_rdds(spark)
+    before = persisted_rdds(spark)
     got, solver = fit_spark(spark, ratings, params, *blocks, exchange="partitioned")
-    assert persistent_rdds(spark) == before  # states, routes and tokens released by close()
+    assert not new_persistent_rdds(spark, before)  # states, routes and tokens released by close()
     assert leftover_dirs(spark, [solver.store]) == []
     assert solver.store.counts is None  # nothing per entity was collected at set-up
     for name in ("user_factors", "user_bias", "item_factors", "item_bias", "user_counts", "item_counts"):
@@ -224,11 +225,11 @@ def test_estimator_in_pipeline_crossvalidator_with_string_ids(spark, tmp_path, s
         numFolds=2,
         seed=3,
     )
-    before = persistent_rdds(spark)
+    before = persisted_rdds(spark)
     cv_model = cv.fit(data)
     # 2 grid points x 2 folds + the refit: nothing stays cached, no block files stay behind.
     assert len(stores) == 5 and leftover_dirs(spark, stores) == []
-    assert persistent_rdds(spark) == before
+    assert not new_persistent_rdds(spark, before)
     assert len(cv_model.avgMetrics) == 2 and all(np.isfinite(cv_model.avgMetrics))
     best = cv_model.bestModel
     predictions = best.transform(data).toPandas()

@@ -89,13 +89,15 @@ def test_partitioned_chain_equals_the_driver_chain(spark, ratings):
     noise draws, and the keyed row draws do not depend on where they run. Thinning (kept
     sweeps 3 and 5 of 5) exercises a sweep that is averaged over but not kept; the 11th step
     runs after the first lineage checkpoint (every 10 steps)."""
-    from leaks import leftover_dirs, persistent_rdds
+    from leaks import leftover_dirs, new_persistent_rdds
+
+    from mfspark.session import persisted_rdds
 
     params = BPMFParams(rank=3, burn_in=1, samples=5, thin=2, seed=9, saved_samples=2, clip=(1.0, 5.0))
     want = local_chain(ratings, params)
-    before = persistent_rdds(spark)
+    before = persisted_rdds(spark)
     got, sampler = spark_chain(spark, ratings, params, 3, 2, exchange="partitioned")
-    assert persistent_rdds(spark) == before and leftover_dirs(spark, [sampler.store]) == []
+    assert not new_persistent_rdds(spark, before) and leftover_dirs(spark, [sampler.store]) == []
     assert sampler.store.counts is None  # nothing per entity was collected at set-up
     for name in ("user_factors", "user_bias", "item_factors", "item_bias", "user_counts", "item_counts"):
         np.testing.assert_array_equal(
@@ -181,9 +183,11 @@ def test_estimator_fit_transform_save_load_with_string_ids(spark, tmp_path):
     import os
 
     import pyspark
+    from leaks import new_persistent_rdds
     from pyspark.sql import functions as F
 
     from mfspark.models.bpmf.ml import BayesianMF, BayesianMFModel
+    from mfspark.session import persisted_rdds
 
     path = os.path.join(os.path.dirname(pyspark.__file__), "data/mllib/als/sample_movielens_ratings.txt")
     raw = spark.read.text(path).select(F.split("value", "::").alias("f"))
