@@ -63,6 +63,7 @@ from mfspark.models.als.train import ALSParams, LocalSolver, run_als
 from mfspark.models.factor_model import FactorModel
 from mfspark.models.factors import predict
 from mfspark.prepare import Prepared, run_prepare
+from mfspark.session import persisted_rdds, unpersist_since
 from mfspark.splits import unit_hash
 
 log = logging.getLogger(__name__)
@@ -550,6 +551,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
     ensure_prepared(cfg, spark)
     prepared = Prepared.load(spark, out)
     n_users, n_items = prepared.users.count(), prepared.items.count()
+    cached_before = persisted_rdds(spark)  # what the run caches is released at its end
     if {"mfspark", "numpy", "bpmf"} & set(bench.systems):  # they broadcast (or collect) a side
         check_broadcast_size(n_users, n_items, als.rank, als.max_broadcast_mb)
     train = _indexed(prepared.train).cache()
@@ -580,9 +582,11 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
         if "mllib" in bench.systems:
 
             def mllib_score(reg: float) -> float:
+                before = persisted_rdds(spark)
                 rmse = fit_mllib(
                     spark, fit_part, valid, rank, iterations, reg, als.seed, global_mean, f"tune-{reg}"
                 )[0]
+                unpersist_since(spark, before)  # the model's factors, not to pile up in memory
                 log.info("tuning mllib regParam=%g: validation RMSE %.5f", reg, rmse)
                 return rmse
 
@@ -703,6 +707,7 @@ def run_benchmark(cfg: Config, spark: SparkSession) -> dict:
         else:
             timings = time_recommend(spark, mllib_model, mfspark_model, train, cfg.recommend.k, cfg)
     train.unpersist(), test.unpersist()
+    unpersist_since(spark, cached_before)  # MLlib's final model's factors
     master = spark.sparkContext.master
     rows = [
         (

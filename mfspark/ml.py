@@ -29,6 +29,8 @@ leaves out the pairs rated in training, which Spark cannot do.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
@@ -54,6 +56,34 @@ from mfspark.models.als.spark import SparkBlockSolver, choose_exchange
 from mfspark.models.als.train import ALSParams, run_als
 from mfspark.models.factor_model import COLD_START_STRATEGIES, FactorModel
 from mfspark.recommend import COL, ROW, factor_scorer, rank_frame, with_ids
+
+
+@contextmanager
+def indexed_ratings(ratings: DataFrame) -> Iterator[tuple[DataFrame, DataFrame, DataFrame]]:
+    """Index the ids of a (user_id, item_id, rating) frame for an estimator's fit.
+
+    Yields ``(train, users, items)``: ``train`` adds ``user_idx`` and ``item_idx``; ``users``
+    and ``items`` are driver-side copies of the id tables (as small as the factors), which a
+    model may keep. The cached tables ``train`` is built from are released when the block
+    exits, on every path, so nothing stays cached once a fit returns.
+    """
+    spark = ratings.sparkSession
+    parts = spark.sparkContext.defaultParallelism
+    cached = []
+    try:
+        users = dense_index(ratings, C.USER_ID, C.USER_IDX, parts)
+        cached.append(users)
+        items = dense_index(ratings, C.ITEM_ID, C.ITEM_IDX, parts)
+        cached.append(items)
+        train = ratings.join(F.broadcast(users), C.USER_ID).join(F.broadcast(items), C.ITEM_ID)
+        yield (
+            train,
+            spark.createDataFrame(users.toArrow()),
+            spark.createDataFrame(items.toArrow()),
+        )
+    finally:
+        for df in cached:
+            df.unpersist()
 
 
 class _BiasedALSParams(HasMaxIter, HasRegParam, HasPredictionCol, HasSeed, HasTol):
@@ -218,14 +248,7 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
             tol=self.getTol(),
             clip=clip,
         )
-        parts = spark.sparkContext.defaultParallelism
-        cached = []  # the index tables are cached while fitting and released on every path
-        try:
-            users = dense_index(ratings, C.USER_ID, C.USER_IDX, parts)
-            cached.append(users)
-            items = dense_index(ratings, C.ITEM_ID, C.ITEM_IDX, parts)
-            cached.append(items)
-            train = ratings.join(F.broadcast(users), C.USER_ID).join(F.broadcast(items), C.ITEM_ID)
+        with indexed_ratings(ratings) as (train, users, items):
             n_users, n_items = users.count(), items.count()
             exchange = choose_exchange(
                 n_users,
@@ -247,13 +270,6 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
                 exchange,
             ) as solver:
                 result = run_als(solver, params, name=f"BiasedALS[{self.uid}]")
-            # The model keeps driver-side copies of the id tables (as small as its factors),
-            # so nothing stays cached once the fit returns.
-            users_local = spark.createDataFrame(users.toArrow())
-            items_local = spark.createDataFrame(items.toArrow())
-        finally:
-            for df in cached:
-                df.unpersist()
         metadata = {
             "reg": params.reg.reg,
             "reg_bias": params.reg.reg_bias,
@@ -268,7 +284,7 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
             "n_train": solver.n_train,
         }
         model = BiasedALSModel(
-            FactorModel(result.model, users_local, items_local, metadata),
+            FactorModel(result.model, users, items, metadata),
             train.select(C.USER_IDX, C.ITEM_IDX),
         )
         self._copyValues(model)

@@ -6,10 +6,12 @@ import os
 
 import numpy as np
 import pytest
+from leaks import new_persistent_rdds
 
 from mfspark import columns as C
 from mfspark.benchmark import run_benchmark
 from mfspark.config import load_config
+from mfspark.session import persisted_rdds
 
 
 def test_benchmark_runs_every_system_on_one_split(spark, tmp_path, capsys):
@@ -92,7 +94,10 @@ def test_benchmark_times_top_k_for_all_users_against_mllib(spark, tmp_path, caps
             f"output.path={out}",
         ],
     )
+    before = persisted_rdds(spark)
     entry = run_benchmark(cfg, spark)
+    # MLlib's model keeps its factors cached until garbage collection: the run releases them
+    assert not new_persistent_rdds(spark, before)
     table = spark.read.parquet(f"{out}/benchmark_recommend").toPandas()
     assert list(zip(table["system"], table["exclude_seen"], strict=True)) == [
         ("mllib", False),

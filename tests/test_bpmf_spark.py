@@ -196,7 +196,9 @@ def test_estimator_fit_transform_save_load_with_string_ids(spark, tmp_path):
         F.concat(F.lit("m"), F.col("f")[1]).alias("item"),
         F.col("f")[2].cast("double").alias("rating"),
     )
+    before = persisted_rdds(spark)
     model = BayesianMF(rank=3, burnIn=2, samples=6, savedSamples=3, numUserBlocks=2).fit(data)
+    assert not new_persistent_rdds(spark, before)  # the id tables are not left cached
     got = model.transform(data).toPandas()
     assert len(got) == 1501 and got.prediction.notna().all() and (got.prediction_sd > 0).all()
     rmse = float(np.sqrt(np.mean((got.rating - got.prediction) ** 2)))

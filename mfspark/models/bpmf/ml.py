@@ -33,8 +33,7 @@ from pyspark.sql import functions as F
 
 from mfspark import columns as C
 from mfspark.errors import MfsparkError
-from mfspark.indexing import dense_index
-from mfspark.ml import ModelReader, ModelWriter, check_ratings
+from mfspark.ml import ModelReader, ModelWriter, check_ratings, indexed_ratings
 from mfspark.models.bpmf.posterior import BayesianPosterior
 from mfspark.models.bpmf.sampler import BPMFParams
 
@@ -151,10 +150,6 @@ class BayesianMF(Estimator, _BayesianMFParams, MLReadable, MLWritable):
             F.col(g("ratingCol")).cast("double").alias(C.RATING),
         )
         check_ratings(ratings)  # the same guards as BiasedALS
-        parts = dataset.sparkSession.sparkContext.defaultParallelism
-        users = dense_index(ratings, C.USER_ID, C.USER_IDX, parts)
-        items = dense_index(ratings, C.ITEM_ID, C.ITEM_IDX, parts)
-        train = ratings.join(F.broadcast(users), C.USER_ID).join(F.broadcast(items), C.ITEM_ID)
         params = BPMFParams(
             rank=g("rank"),
             burn_in=g("burnIn"),
@@ -166,18 +161,19 @@ class BayesianMF(Estimator, _BayesianMFParams, MLReadable, MLWritable):
             saved_samples=max(1, g("savedSamples")),
             clip=training_clip(ratings, g("clipPredictions")),
         )
-        posterior, _, _ = fit_bpmf(
-            dataset.sparkSession,
-            train.select(C.USER_IDX, C.ITEM_IDX, C.RATING),
-            None,
-            users,
-            items,
-            params,
-            g("numUserBlocks"),
-            g("numItemBlocks"),
-            name=f"BayesianMF[{self.uid}]",
-            exchange=g("exchange"),
-        )
+        with indexed_ratings(ratings) as (train, users, items):
+            posterior, _, _ = fit_bpmf(
+                dataset.sparkSession,
+                train.select(C.USER_IDX, C.ITEM_IDX, C.RATING),
+                None,
+                users,
+                items,
+                params,
+                g("numUserBlocks"),
+                g("numItemBlocks"),
+                name=f"BayesianMF[{self.uid}]",
+                exchange=g("exchange"),
+            )
         model = BayesianMFModel(posterior)
         self._copyValues(model)
         return model
