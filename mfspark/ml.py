@@ -29,8 +29,6 @@ leaves out the pairs rated in training, which Spark cannot do.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
@@ -58,32 +56,27 @@ from mfspark.models.factor_model import COLD_START_STRATEGIES, FactorModel
 from mfspark.recommend import COL, ROW, factor_scorer, rank_frame, with_ids
 
 
-@contextmanager
-def indexed_ratings(ratings: DataFrame) -> Iterator[tuple[DataFrame, DataFrame, DataFrame]]:
+def index_ratings(ratings: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
     """Index the ids of a (user_id, item_id, rating) frame for an estimator's fit.
 
-    Yields ``(train, users, items)``: ``train`` adds ``user_idx`` and ``item_idx``; ``users``
-    and ``items`` are driver-side copies of the id tables (as small as the factors), which a
-    model may keep. The cached tables ``train`` is built from are released when the block
-    exits, on every path, so nothing stays cached once a fit returns.
+    Returns ``(train, users, items)``: ``users`` and ``items`` are driver-side copies of the
+    id tables (as small as the factors; a model keeps them) and ``train`` adds ``user_idx``
+    and ``item_idx`` from those copies. The cached tables they are ranked in are released
+    before returning, on every path, so nothing stays cached, and a later recomputation of
+    ``train`` (a model's seen pairs) gives the indices the factors were fitted with.
     """
     spark = ratings.sparkSession
     parts = spark.sparkContext.defaultParallelism
-    cached = []
+    ranked = []
     try:
-        users = dense_index(ratings, C.USER_ID, C.USER_IDX, parts)
-        cached.append(users)
-        items = dense_index(ratings, C.ITEM_ID, C.ITEM_IDX, parts)
-        cached.append(items)
-        train = ratings.join(F.broadcast(users), C.USER_ID).join(F.broadcast(items), C.ITEM_ID)
-        yield (
-            train,
-            spark.createDataFrame(users.toArrow()),
-            spark.createDataFrame(items.toArrow()),
-        )
+        for id_col, idx_col in ((C.USER_ID, C.USER_IDX), (C.ITEM_ID, C.ITEM_IDX)):
+            ranked.append(dense_index(ratings, id_col, idx_col, parts))
+        users, items = (spark.createDataFrame(table.toArrow()) for table in ranked)
     finally:
-        for df in cached:
-            df.unpersist()
+        for table in ranked:
+            table.unpersist()
+    train = ratings.join(F.broadcast(users), C.USER_ID).join(F.broadcast(items), C.ITEM_ID)
+    return train, users, items
 
 
 class _BiasedALSParams(HasMaxIter, HasRegParam, HasPredictionCol, HasSeed, HasTol):
@@ -248,28 +241,28 @@ class BiasedALS(Estimator, _BiasedALSParams, MLReadable, MLWritable):
             tol=self.getTol(),
             clip=clip,
         )
-        with indexed_ratings(ratings) as (train, users, items):
-            n_users, n_items = users.count(), items.count()
-            exchange = choose_exchange(
-                n_users,
-                n_items,
-                params.rank,
-                self.getOrDefault(self.exchange),
-                self.getOrDefault(self.maxBroadcastMb),
-                spark.conf.get("spark.driver.maxResultSize", "1g"),
-            )
-            with SparkBlockSolver(
-                spark,
-                train,
-                None,
-                n_users,
-                n_items,
-                params,
-                self.getOrDefault(self.numUserBlocks),
-                self.getOrDefault(self.numItemBlocks),
-                exchange,
-            ) as solver:
-                result = run_als(solver, params, name=f"BiasedALS[{self.uid}]")
+        train, users, items = index_ratings(ratings)
+        n_users, n_items = users.count(), items.count()
+        exchange = choose_exchange(
+            n_users,
+            n_items,
+            params.rank,
+            self.getOrDefault(self.exchange),
+            self.getOrDefault(self.maxBroadcastMb),
+            spark.conf.get("spark.driver.maxResultSize", "1g"),
+        )
+        with SparkBlockSolver(
+            spark,
+            train,
+            None,
+            n_users,
+            n_items,
+            params,
+            self.getOrDefault(self.numUserBlocks),
+            self.getOrDefault(self.numItemBlocks),
+            exchange,
+        ) as solver:
+            result = run_als(solver, params, name=f"BiasedALS[{self.uid}]")
         metadata = {
             "reg": params.reg.reg,
             "reg_bias": params.reg.reg_bias,

@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 
 from mfspark import columns as C
 from mfspark.errors import MfsparkError
-from mfspark.ml import ModelReader, ModelWriter, check_ratings, indexed_ratings
+from mfspark.ml import ModelReader, ModelWriter, check_ratings, index_ratings
 from mfspark.models.bpmf.posterior import BayesianPosterior
 from mfspark.models.bpmf.sampler import BPMFParams
 
@@ -161,19 +161,19 @@ class BayesianMF(Estimator, _BayesianMFParams, MLReadable, MLWritable):
             saved_samples=max(1, g("savedSamples")),
             clip=training_clip(ratings, g("clipPredictions")),
         )
-        with indexed_ratings(ratings) as (train, users, items):
-            posterior, _, _ = fit_bpmf(
-                dataset.sparkSession,
-                train.select(C.USER_IDX, C.ITEM_IDX, C.RATING),
-                None,
-                users,
-                items,
-                params,
-                g("numUserBlocks"),
-                g("numItemBlocks"),
-                name=f"BayesianMF[{self.uid}]",
-                exchange=g("exchange"),
-            )
+        train, users, items = index_ratings(ratings)
+        posterior, _, _ = fit_bpmf(
+            dataset.sparkSession,
+            train.select(C.USER_IDX, C.ITEM_IDX, C.RATING),
+            None,
+            users,
+            items,
+            params,
+            g("numUserBlocks"),
+            g("numItemBlocks"),
+            name=f"BayesianMF[{self.uid}]",
+            exchange=g("exchange"),
+        )
         model = BayesianMFModel(posterior)
         self._copyValues(model)
         return model
