@@ -30,6 +30,11 @@ def rank_ids_by_group(
     Without ``group_col`` all rows form one group (keyed 0 in the counts). Returns the indexed
     table (cached and materialised: it is small, one row per entity; the caller unpersists
     it) and the number of rows of each group.
+
+    The indices hold while the table is cached (a lost cached block is rebuilt through the
+    same range partitioner). A frame derived from it must be used before it is unpersisted,
+    or built from a copy (``toArrow``): after ``unpersist`` a new plan samples the range
+    bounds again, and the per-partition offsets baked into the table need not match them.
     """
     keys = [group_col, id_col] if group_col else [id_col]
     group = F.col(group_col) if group_col else F.lit(0)
